@@ -1,0 +1,377 @@
+"""``ptychodus-pinn``: simulate, train, infer (reconstruct), demo and gui, on shared argument builders."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ptychodus_pinn.config import (
+    AmplitudeActivation,
+    CheckpointMode,
+    ExecutionConfig,
+    LoggerKind,
+    LossKind,
+    ModelConfig,
+    Precision,
+    Preset,
+    RunConfig,
+    Scheduler,
+    TrainingConfig,
+    TrainingMode,
+    preset_configs,
+    replace,
+)
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user error reported in one line with exit code 2."""
+
+
+def _bool_flag(parser: argparse.ArgumentParser, name: str, help_text: str) -> None:
+    parser.add_argument(f"--{name}", default=None, action=argparse.BooleanOptionalAction, help=help_text)
+
+
+def _devices(value: str) -> int | str:
+    return value if value == "auto" else int(value)
+
+
+def add_read_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reading scans")
+    _bool_flag(group, "dc-at-corner", "patterns have zero frequency at pixel (0, 0) (auto for tike-style files)")  # type: ignore[arg-type]
+    group.add_argument("--margin", type=int, default=16, help="object-grid margin (px) for files whose positions are not on a grid")
+    group.add_argument("--crop", type=int, default=None, help="centre-crop patterns to this size (32, 64, 128, 256)")
+    group.add_argument("--max-patterns", type=int, default=None, help="use only the first patterns of each file")
+
+
+def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("execution")
+    group.add_argument("--accelerator", choices=["auto", "cpu", "gpu", "cuda", "mps"], default=None)
+    group.add_argument("--devices", type=_devices, default=None, help="number of devices or 'auto'")
+    group.add_argument("--strategy", default=None, help="Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...")
+    group.add_argument("--num-nodes", type=int, default=None)
+    group.add_argument("--precision", choices=[p.value for p in Precision], default=None)
+    _bool_flag(group, "deterministic", "deterministic kernels where torch has them")  # type: ignore[arg-type]
+    group.add_argument("--num-workers", type=int, default=None)
+    _bool_flag(group, "pin-memory", "pin host memory for faster GPU transfers")  # type: ignore[arg-type]
+    _bool_flag(group, "persistent-workers", "keep DataLoader workers between epochs")  # type: ignore[arg-type]
+    group.add_argument("--prefetch-factor", type=int, default=None)
+    group.add_argument("--inference-batch-size", type=int, default=None)
+    group.add_argument("--middle-trim", type=int, default=None, help="pixels cut from each patch edge before stitching")
+    _bool_flag(group, "pad-eval", "stitch patches that hang over the object-grid edge")  # type: ignore[arg-type]
+    group.add_argument("--seed", type=int, default=None)
+    _bool_flag(group, "progress-bar", "show a progress bar")  # type: ignore[arg-type]
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--preset", choices=[p.value for p in Preset], default=None, help="width/epochs preset (default: by accelerator)")
+    group.add_argument("--epochs", type=int, default=None)
+    group.add_argument("--batch-size", type=int, default=None)
+    group.add_argument("--validation-fraction", type=float, default=None)
+    group.add_argument("--n-groups", type=int, default=None)
+    group.add_argument("--learning-rate", type=float, default=None)
+    group.add_argument("--scheduler", choices=[s.value for s in Scheduler], default=None)
+    group.add_argument("--warmup-epochs", type=int, default=None)
+    group.add_argument("--gradient-clip-val", type=float, default=None)
+    group.add_argument("--accumulate-grad-batches", type=int, default=None)
+    group.add_argument("--checkpoint-save-top-k", type=int, default=None)
+    group.add_argument("--checkpoint-monitor", choices=["val_loss", "train_loss"], default=None)
+    group.add_argument("--checkpoint-mode", choices=[m.value for m in CheckpointMode], default=None)
+    group.add_argument("--early-stop-patience", type=int, default=None)
+    group.add_argument("--logger", choices=[k.value for k in LoggerKind], default=None)
+    model = parser.add_argument_group("model")
+    model.add_argument("--gridsize", type=int, default=None)
+    model.add_argument("--neighbor-count", type=int, default=None)
+    model.add_argument("--n-filters-scale", type=int, default=None)
+    model.add_argument("--amp-activation", choices=[a.value for a in AmplitudeActivation], default=None)
+    _bool_flag(model, "object-big", "merge a group's patches on a shared canvas during training")  # type: ignore[arg-type]
+    _bool_flag(model, "probe-big", "predict the full patch (off: only its central half)")  # type: ignore[arg-type]
+    model.add_argument("--loss", choices=[k.value for k in LossKind], default=None)
+    model.add_argument("--mode", choices=[m.value for m in TrainingMode], default=None)
+    _bool_flag(model, "intensity-scale-trainable", "learn a correction of the intensity scale")  # type: ignore[arg-type]
+    _bool_flag(model, "probe-trainable", "refine the probe during training")  # type: ignore[arg-type]
+
+
+def _overrides(arguments: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    return {name: getattr(arguments, name) for name in names if getattr(arguments, name, None) is not None}
+
+
+EXECUTION_FIELDS = (
+    "accelerator", "devices", "strategy", "num_nodes", "precision", "deterministic", "num_workers", "pin_memory",
+    "persistent_workers", "prefetch_factor", "learning_rate", "scheduler", "warmup_epochs", "gradient_clip_val",
+    "accumulate_grad_batches", "checkpoint_save_top_k", "checkpoint_monitor", "checkpoint_mode", "early_stop_patience",
+    "logger", "inference_batch_size", "middle_trim", "pad_eval", "seed",
+)  # fmt: skip
+MODEL_FIELDS = (
+    "gridsize", "neighbor_count", "n_filters_scale", "amp_activation", "object_big", "probe_big", "loss", "mode",
+    "intensity_scale_trainable", "probe_trainable",
+)  # fmt: skip
+TRAINING_FIELDS = ("epochs", "batch_size", "validation_fraction", "n_groups")
+
+
+def execution_config_from(arguments: argparse.Namespace) -> ExecutionConfig:
+    values = _overrides(arguments, EXECUTION_FIELDS)
+    if getattr(arguments, "progress_bar", None) is not None:
+        values["enable_progress_bar"] = arguments.progress_bar
+    return ExecutionConfig(**values)
+
+
+def run_config_from(arguments: argparse.Namespace, N: int) -> RunConfig:
+    """Preset (chosen by accelerator unless given), then every explicit flag on top."""
+    from ptychodus_pinn.training import resolve_accelerator
+
+    execution = execution_config_from(arguments)
+    preset = arguments.preset or (Preset.CPU if resolve_accelerator(execution.accelerator) == "cpu" else Preset.GPU)
+    model, training = preset_configs(preset, N)
+    model = replace(model, **_overrides(arguments, MODEL_FIELDS))
+    training = replace(training, **_overrides(arguments, TRAINING_FIELDS))
+    return RunConfig(model=model, training=training, execution=execution)
+
+
+def read_options_from(arguments: argparse.Namespace) -> Any:
+    from ptychodus_pinn.data import ReadOptions
+
+    return ReadOptions(
+        dc_at_corner=arguments.dc_at_corner, margin_px=arguments.margin, crop_px=arguments.crop, max_patterns=arguments.max_patterns
+    )
+
+
+def _existing(paths: Sequence[str]) -> list[Path]:
+    result = []
+    for name in paths:
+        path = Path(name)
+        if not path.exists():
+            raise FileNotFoundError(f"file not found: {path}")
+        result.append(path)
+    return result
+
+
+def _scan_files(paths: Sequence[Path]) -> list[Path]:
+    """Expand directories into the scan files they hold."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in (".npz", ".h5", ".hdf5", ".cxi", ".bz2"))
+            if not found:
+                raise CliError(f"{path} holds no scan files (.npz, .h5, .cxi); export training data there first")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+# -------------------------------------------------------------------------------------------- commands
+
+
+def command_simulate(arguments: argparse.Namespace) -> int:
+    from ptychodus_pinn.data import save_scan
+    from ptychodus_pinn.simulate import simulate_scan
+
+    out = Path(arguments.out)
+    scan = simulate_scan(
+        arguments.object,
+        photons=arguments.photons,
+        n_positions=arguments.n_positions,
+        N=arguments.size,
+        seed=arguments.seed,
+        overlap=arguments.overlap,
+        path=arguments.path,
+        bad_pixel_fraction=arguments.bad_pixel_fraction,
+    )
+    save_scan(scan, out)
+    print(f"wrote {out}: {scan.count} patterns of {scan.size_px}x{scan.size_px}, object {scan.object_shape}, "
+          f"{scan.mean_total_counts:.3g} counts/pattern")  # fmt: skip
+    return 0
+
+
+def write_losses_csv(history: Sequence[Any], path: Path) -> None:
+    from ptychodus_pinn.data import atomic_write
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["epoch", "train_loss", "val_loss", "learning_rate", "seconds"])
+            for report in history:
+                writer.writerow([report.epoch, report.train_loss, "" if report.val_loss is None else report.val_loss,
+                                 report.learning_rate, f"{report.seconds:.3f}"])  # fmt: skip
+
+    atomic_write(path, write)
+
+
+def command_train(arguments: argparse.Namespace) -> int:
+    from ptychodus_pinn.data import load_scan
+    from ptychodus_pinn.persistence import load_model, save_model
+    from ptychodus_pinn.training import train
+
+    files = _scan_files(_existing(arguments.data))
+    scans = [load_scan(path, read_options_from(arguments)) for path in files]
+    config = run_config_from(arguments, scans[0].size_px)
+    out = Path(arguments.out)
+    if not out.parent.exists():
+        raise FileNotFoundError(f"output folder does not exist: {out.parent}")
+    initial = load_model(arguments.init_model) if arguments.init_model else None
+    checkpoint_dir = Path(arguments.checkpoint_dir) if arguments.checkpoint_dir else out.with_name(out.name + ".checkpoints")
+    resume = None
+    if arguments.resume:
+        resume = checkpoint_dir / "last.ckpt"
+        if not resume.exists():
+            raise FileNotFoundError(f"no checkpoint to resume from: {resume}")
+    result = train(scans, config, initial_model=initial, checkpoint_dir=checkpoint_dir, resume_from=resume)
+    if not result.is_global_zero:
+        return 0
+    save_model(result.model, out)
+    losses = out.with_name(out.name + ".losses.csv")
+    write_losses_csv(result.history, losses)
+    final = result.history[-1] if result.history else None
+    print(f"wrote {out} (best epoch {result.best_epoch} of {len(result.history)}, "
+          f"train loss {final.train_loss if final else float('nan'):.4f}, {result.seconds:.1f} s) and {losses}")  # fmt: skip
+    return 0
+
+
+def command_infer(arguments: argparse.Namespace) -> int:
+    from ptychodus_pinn.data import load_scan
+    from ptychodus_pinn.figures import save_object_png
+    from ptychodus_pinn.inference import reconstruct
+    from ptychodus_pinn.metrics import compare
+    from ptychodus_pinn.persistence import load_model
+
+    model_path, data_path = _existing([arguments.model, arguments.data])
+    model = load_model(model_path)
+    scan = load_scan(data_path, read_options_from(arguments))
+    execution = execution_config_from(arguments)
+    reconstruction = reconstruct(model, scan, execution=execution)
+    out = Path(arguments.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_reconstruction(reconstruction, out / "object.npz")
+    save_object_png(reconstruction.object, reconstruction.illuminated, out / "object.png")
+    message = f"wrote {out / 'object.npz'} and {out / 'object.png'} ({reconstruction.patterns_per_second:.0f} patterns/s)"
+    if scan.ground_truth is not None:
+        metrics = compare(reconstruction.object, scan.ground_truth, reconstruction.illuminated).as_dict()
+        metrics.update(seconds_train=0.0, seconds_infer=reconstruction.seconds, patterns_per_second_infer=reconstruction.patterns_per_second)
+        write_json(metrics, out / "metrics.json")
+        message += f"; phase SSIM {metrics['phase_ssim']:.3f} (flat object {metrics['flat_phase_ssim']:.3f})"
+    print(message)
+    return 0
+
+
+def save_reconstruction(reconstruction: Any, path: Path) -> None:
+    import numpy as np
+
+    from ptychodus_pinn.data import atomic_write
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as stream:
+            np.savez(stream, object=reconstruction.object.astype(np.complex64), illuminated=reconstruction.illuminated)
+
+    atomic_write(path, write)
+
+
+def write_json(values: dict[str, Any], path: Path) -> None:
+    from ptychodus_pinn.data import atomic_write
+
+    def write(temporary: Path) -> None:
+        temporary.write_text(json.dumps(values, indent=2) + "\n")
+
+    atomic_write(path, write)
+
+
+def command_demo(arguments: argparse.Namespace) -> int:
+    from ptychodus_pinn.demo import run_demo
+
+    run_demo(Path(arguments.out), execution_config_from(arguments), quick=arguments.quick, epochs=arguments.epochs)
+    return 0
+
+
+def command_gui(arguments: argparse.Namespace) -> int:
+    try:
+        from ptychodus_pinn.plugin.activation import run_gui
+    except ImportError as error:
+        raise CliError(f"the GUI needs ptychodus and PyQt5: pip install 'ptychodus-pinn[gui]' ({error})") from error
+    return int(run_gui(arguments.ptychodus_args) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ptychodus-pinn", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    simulate = commands.add_parser("simulate", help="write a synthetic scan with known truth")
+    simulate.add_argument("--out", required=True, help="scan file to write (.npz or .h5)")
+    simulate.add_argument("--object", choices=["siemens", "lines"], default="siemens")
+    simulate.add_argument("--photons", type=float, default=1e5, help="mean photons per pattern")
+    simulate.add_argument("--n-positions", type=int, default=576)
+    simulate.add_argument("--size", type=int, default=64, help="pattern size N (px)")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--overlap", type=float, default=0.7, help="linear probe overlap (1 - step/diameter)")
+    simulate.add_argument("--path", choices=["raster", "jittered", "spiral"], default="jittered")
+    simulate.add_argument("--bad-pixel-fraction", type=float, default=0.0)
+    simulate.set_defaults(handler=command_simulate)
+
+    train = commands.add_parser("train", help="train a model on scan files (or folders of them)")
+    train.add_argument("--data", nargs="+", required=True, help="scan files or folders")
+    train.add_argument("--out", required=True, help="model file to write (*.pinn.pt); losses go to OUT.losses.csv")
+    train.add_argument("--init-model", default=None, help="warm-start from this model file")
+    train.add_argument("--checkpoint-dir", default=None, help="Lightning checkpoints (default OUT.checkpoints)")
+    train.add_argument("--resume", action="store_true", help="resume from the last checkpoint of a killed run")
+    add_training_arguments(train)
+    add_execution_arguments(train)
+    add_read_arguments(train)
+    train.set_defaults(handler=command_train)
+
+    for name in ("infer", "reconstruct"):
+        infer = commands.add_parser(name, help="reconstruct a scan with a trained model")
+        infer.add_argument("--model", required=True)
+        infer.add_argument("--data", required=True)
+        infer.add_argument("--out", required=True, help="folder for object.npz, object.png, metrics.json")
+        add_execution_arguments(infer)
+        add_read_arguments(infer)
+        infer.set_defaults(handler=command_infer)
+
+    demo = commands.add_parser("demo", help="simulate, train, reconstruct and score, on CPU in minutes")
+    demo.add_argument("--out", default="demo-out", help="folder for metrics.json, demo.png, the model and scans")
+    demo.add_argument("--quick", action="store_true", help="a 1-minute smoke run (small scans, few epochs)")
+    demo.add_argument("--epochs", type=int, default=None, help="override the demo's epoch count")
+    add_execution_arguments(demo)
+    demo.set_defaults(handler=command_demo)
+
+    gui = commands.add_parser("gui", help="start ptychodus with the plugin active")
+    gui.add_argument("ptychodus_args", nargs=argparse.REMAINDER, help="arguments passed to ptychodus")
+    gui.set_defaults(handler=command_gui)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if arguments.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not arguments.verbose:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        return int(arguments.handler(arguments))
+    except FileNotFoundError as error:
+        print(f"ptychodus-pinn {arguments.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (CliError, ValueError, RuntimeError, PermissionError, OSError) as error:
+        from ptychodus_pinn.training import TrainingOutOfMemoryError
+
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if isinstance(error, RuntimeError) and not isinstance(error, TrainingOutOfMemoryError) and "requested" not in first_line:
+            raise
+        print(f"ptychodus-pinn {arguments.command}: error: {first_line}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"ptychodus-pinn {arguments.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

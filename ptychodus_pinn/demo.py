@@ -1,0 +1,108 @@
+"""The embedded default: simulate a training scan and a different test scan, train, reconstruct, score."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptychodus_pinn.config import ExecutionConfig, ModelConfig, RunConfig, TrainingConfig, replace
+from ptychodus_pinn.data import save_scan
+from ptychodus_pinn.figures import save_demo_png
+from ptychodus_pinn.inference import reconstruct
+from ptychodus_pinn.metrics import align_to_reference, compare
+from ptychodus_pinn.persistence import save_model
+from ptychodus_pinn.simulate import simulate_scan
+from ptychodus_pinn.training import EpochReport, train
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    size_px: int = 64
+    n_positions: int = 576
+    photons: float = 1e5
+    object_kind: str = "siemens"
+    train_seed: int = 1
+    test_seed: int = 2
+    epochs: int = 60
+    batch_size: int = 16
+    n_filters_scale: int = 1
+    gridsize: int = 1
+
+
+QUICK = DemoSettings(size_px=32, n_positions=144, epochs=3, batch_size=16)
+
+
+def demo_run_config(settings: DemoSettings, execution: ExecutionConfig) -> RunConfig:
+    model = ModelConfig(N=settings.size_px, n_filters_scale=settings.n_filters_scale, gridsize=settings.gridsize)
+    # the training scan is also reconstructed, so every pattern trains (no held-out stripe)
+    training = TrainingConfig(epochs=settings.epochs, batch_size=settings.batch_size, validation_fraction=0.0)
+    return RunConfig(model=model, training=training, execution=execution)
+
+
+def _print_table(results: dict[str, dict[str, Any]]) -> None:
+    keys = ("phase_ssim", "flat_phase_ssim", "amplitude_ssim", "phase_psnr_db", "amplitude_psnr_db", "frc50", "patterns_per_second_infer")
+    print(f"{'metric':<28}" + "".join(f"{name:>14}" for name in results))
+    for key in keys:
+        print(f"{key:<28}" + "".join(f"{results[name][key]:>14.3f}" for name in results))
+    print(f"{'seconds_train':<28}" + "".join(f"{results[name]['seconds_train']:>14.1f}" for name in results))
+
+
+def run_demo(out: Path, execution: ExecutionConfig | None = None, quick: bool = False, epochs: int | None = None) -> dict[str, Any]:
+    """Write scans, the model, metrics.json and demo.png under ``out``; print a table; return the metrics."""
+    from ptychodus_pinn.cli import write_json, write_losses_csv
+
+    settings = QUICK if quick else DemoSettings()
+    if epochs is not None:
+        settings = replace(settings, epochs=epochs)
+    execution = execution or ExecutionConfig()
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"simulating two {settings.object_kind} scans: {settings.n_positions} patterns of {settings.size_px} px, "
+          f"{settings.photons:.0e} photons each")  # fmt: skip
+    scans = {
+        "train_scan": simulate_scan(settings.object_kind, settings.photons, settings.n_positions, settings.size_px, settings.train_seed),
+        "test_scan": simulate_scan(settings.object_kind, settings.photons, settings.n_positions, settings.size_px, settings.test_seed),
+    }
+    for name, scan in scans.items():
+        save_scan(scan, out / f"{name}.npz")
+    config = demo_run_config(settings, execution)
+    print(f"training {settings.epochs} epochs on the train scan ...")
+
+    def report(epoch: EpochReport) -> None:
+        if not execution.enable_progress_bar:
+            print(f"epoch {epoch.epoch}/{epoch.epochs} loss {epoch.train_loss:.4f} ({epoch.seconds:.0f} s)", flush=True)
+
+    started = time.perf_counter()
+    result = train([scans["train_scan"]], config, on_epoch_end=report)
+    seconds_train = time.perf_counter() - started
+    save_model(result.model, out / "model.pinn.pt")
+    write_losses_csv(result.history, out / "model.pinn.pt.losses.csv")
+    metrics: dict[str, dict[str, Any]] = {}
+    rows = []
+    for name, scan in scans.items():
+        reconstruction = reconstruct(result.model, scan, execution=execution)
+        assert scan.ground_truth is not None
+        quality = compare(reconstruction.object, scan.ground_truth, reconstruction.illuminated).as_dict()
+        quality.update(
+            seconds_train=seconds_train,
+            seconds_infer=reconstruction.seconds,
+            patterns_per_second_infer=reconstruction.patterns_per_second,
+        )
+        metrics[name] = quality
+        full_aligned = np.zeros_like(scan.ground_truth)
+        aligned, _, _ = align_to_reference(reconstruction.object, scan.ground_truth, reconstruction.illuminated, erode_px=0)
+        from ptychodus_pinn.metrics import illuminated_box
+
+        rows_slice, cols_slice = illuminated_box(reconstruction.illuminated)
+        full_aligned[rows_slice, cols_slice] = aligned
+        rows.append((name.replace("_", " "), scan.ground_truth, full_aligned, reconstruction.illuminated, quality))
+    metrics["settings"] = {key: getattr(settings, key) for key in settings.__dataclass_fields__}
+    metrics["best_epoch"] = {"epoch": result.best_epoch, "epochs": len(result.history)}
+    write_json(metrics, out / "metrics.json")
+    save_demo_png(rows, result.history, out / "demo.png")
+    _print_table({name: metrics[name] for name in scans})
+    print(f"wrote {out / 'metrics.json'}, {out / 'demo.png'} and {out / 'model.pinn.pt'}")
+    return metrics

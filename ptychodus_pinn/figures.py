@@ -1,0 +1,87 @@
+"""PNG figures (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _crop(image: np.ndarray, illuminated: np.ndarray) -> np.ndarray:
+    rows = np.flatnonzero(illuminated.any(axis=1))
+    cols = np.flatnonzero(illuminated.any(axis=0))
+    if rows.size == 0:
+        return image
+    return image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def _save(figure: Any, path: Path) -> None:
+    from ptychodus_pinn.data import atomic_write
+
+    atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=110, bbox_inches="tight", format="png"))
+
+
+def save_object_png(obj: np.ndarray, illuminated: np.ndarray, path: Path, title: str = "") -> None:
+    """Amplitude and phase of a reconstruction, cropped to the illuminated region."""
+    plt = _pyplot()
+    cropped = _crop(obj, illuminated)
+    figure, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+    for axis, values, label, cmap in ((axes[0], np.abs(cropped), "amplitude", "gray"), (axes[1], np.angle(cropped), "phase (rad)", "twilight")):
+        shown = axis.imshow(values, cmap=cmap)
+        axis.set_title(label)
+        axis.set_axis_off()
+        figure.colorbar(shown, ax=axis, fraction=0.046)
+    if title:
+        figure.suptitle(title)
+    _save(figure, path)
+    plt.close(figure)
+
+
+def save_demo_png(
+    rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]],
+    history: Sequence[Any],
+    path: Path,
+) -> None:
+    """Truth vs reconstruction (amplitude, phase) for each scan, plus the loss curve.
+
+    ``rows``: (name, truth, reconstruction aligned to truth, illuminated mask, metrics).
+    """
+    plt = _pyplot()
+    figure, axes = plt.subplots(len(rows) + 1, 4, figsize=(13, 3.3 * (len(rows) + 1)))
+    for index, (name, truth, estimate, illuminated, metrics) in enumerate(rows):
+        truth_c, estimate_c = _crop(truth, illuminated), _crop(estimate, illuminated)
+        panels = (
+            (np.abs(truth_c), f"{name}: true amplitude", "gray"),
+            (np.abs(estimate_c), f"PINN amplitude (SSIM {metrics['amplitude_ssim']:.2f})", "gray"),
+            (np.angle(truth_c), f"{name}: true phase", "twilight"),
+            (np.angle(estimate_c), f"PINN phase (SSIM {metrics['phase_ssim']:.2f}, flat {metrics['flat_phase_ssim']:.2f})", "twilight"),
+        )
+        for axis, (values, label, cmap) in zip(axes[index], panels, strict=True):
+            axis.imshow(values, cmap=cmap)
+            axis.set_title(label, fontsize=9)
+            axis.set_axis_off()
+    loss_axis = axes[-1][0]
+    epochs = [report.epoch for report in history]
+    loss_axis.plot(epochs, [report.train_loss for report in history], label="train")
+    if any(report.val_loss is not None for report in history):
+        loss_axis.plot(epochs, [report.val_loss for report in history], label="validation")
+    loss_axis.set_xlabel("epoch")
+    loss_axis.set_ylabel("Poisson NLL / mean counts")
+    loss_axis.legend()
+    loss_axis.set_title("training loss")
+    for axis in axes[-1][1:]:
+        axis.set_axis_off()
+    figure.tight_layout()
+    _save(figure, path)
+    plt.close(figure)

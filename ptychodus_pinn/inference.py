@@ -1,0 +1,103 @@
+"""Reconstruction with a trained model: batched prediction, phase alignment and stitching."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ptychodus_pinn import physics
+from ptychodus_pinn.config import ExecutionConfig
+from ptychodus_pinn.data import Scan, ScanError
+from ptychodus_pinn.model import PinnModel, input_normalization_for
+from ptychodus_pinn.training import torch_device
+
+
+@dataclass
+class Reconstruction:
+    """The stitched object on the scan's object grid, and which of its pixels any probe lit."""
+
+    object: np.ndarray
+    illuminated: np.ndarray
+    seconds: float
+    patterns_per_second: float
+    patches: np.ndarray | None = None
+
+
+def check_scan_fits(model: PinnModel, scan: Scan) -> None:
+    if scan.size_px != model.config.N:
+        raise ScanError(
+            f"the model was trained for N={model.config.N} but the scan has {scan.size_px}-px patterns; "
+            f"crop/bin the patterns to {model.config.N} px or train a model for N={scan.size_px}"
+        )
+    if scan.count < model.config.channels:
+        raise ScanError(f"the model groups {model.config.channels} patterns but the scan has only {scan.count}")
+
+
+@torch.no_grad()
+def predict_patches(model: PinnModel, scan: Scan, batch_size: int, device: torch.device) -> torch.Tensor:
+    """One complex patch per pattern (M, N, N); with gridsize > 1 each pattern seeds its own group."""
+    config = model.config
+    groups = physics.group_neighbors(scan.positions_yx_px, config.gridsize, config.neighbor_count, None, seed=0)
+    normalization = input_normalization_for(scan.mean_total_counts, scan.size_px)
+    model.eval().to(device)
+    outputs = []
+    for start in range(0, groups.shape[0], batch_size):
+        batch = torch.from_numpy(scan.patterns[groups[start : start + batch_size]]).to(device)
+        patches = model.predict_patches(torch.sqrt(batch) * normalization)
+        outputs.append(patches[:, 0].to(torch.complex64).cpu())
+    return torch.cat(outputs)
+
+
+def reconstruct(
+    model: PinnModel,
+    scan: Scan,
+    *,
+    execution: ExecutionConfig | None = None,
+    align_phases: bool = True,
+) -> Reconstruction:
+    """Reconstruct a scan in one forward pass plus stitching onto ``scan.object_shape``.
+
+    The network input normalisation is recomputed from this scan (so a different dose works).
+    Patch phases are aligned on their overlaps before stitching (see physics.align_patch_phases).
+    ``execution.middle_trim`` crops patch edges; ``execution.pad_eval`` keeps patches that hang
+    over the grid edge (their in-grid part), otherwise such patches are left out.
+    """
+    execution = execution or ExecutionConfig()
+    check_scan_fits(model, scan)
+    device = torch_device(execution.accelerator)
+    batch_size = execution.inference_batch_size or model.record.batch_size
+    started = time.perf_counter()
+    patches = predict_patches(model, scan, batch_size, device)
+    predicted = time.perf_counter()
+    positions = scan.positions_yx_px
+    keep = np.ones(scan.count, dtype=bool)
+    if not execution.pad_eval:
+        half = scan.size_px // 2
+        integer = np.rint(positions).astype(int)
+        keep = (
+            (integer[:, 0] - half >= 0)
+            & (integer[:, 1] - half >= 0)
+            & (integer[:, 0] + scan.size_px - half <= scan.object_shape[0])
+            & (integer[:, 1] + scan.size_px - half <= scan.object_shape[1])
+        )
+        if not keep.any():
+            raise ScanError("pad_eval is off and no patch fits wholly inside the object grid; turn pad_eval on")
+    patches, positions = patches[torch.from_numpy(keep)], positions[keep]
+    weight = physics.probe_weight(torch.from_numpy(scan.probe), execution.middle_trim)
+    if align_phases:
+        patches = physics.align_patch_phases(patches, positions, weight, model.config.neighbor_count)
+    fill = None if scan.object_guess is None else torch.from_numpy(scan.object_guess)
+    obj, illuminated = physics.stitch(patches, positions, weight, scan.object_shape, fill=fill)
+    finished = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return Reconstruction(
+        object=obj.numpy().astype(np.complex64),
+        illuminated=illuminated.numpy(),
+        seconds=finished - started,
+        patterns_per_second=scan.count / max(predicted - started, 1e-9),
+        patches=patches.numpy(),
+    )

@@ -1,0 +1,73 @@
+"""A trained PtychoPINN: the generator plus the physics constants it was trained with.
+
+Everything needed to rebuild and apply the model travels with it (config, probe, intensity scale,
+input normalisation), so a model file is self-describing (nanoGPT-style).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ptychodus_pinn import physics
+from ptychodus_pinn.config import ModelConfig
+from ptychodus_pinn.network import PinnGenerator
+
+
+def input_normalization_for(mean_total_counts: float, size_px: int) -> float:
+    """Scalar that makes the mean square of sqrt(counts) · scalar equal to 1 for a dataset.
+
+    Recomputed for every scan at inference, so a model trained at one dose applies to another.
+    """
+    mean_counts_per_pixel = mean_total_counts / (size_px * size_px)
+    if not math.isfinite(mean_counts_per_pixel) or mean_counts_per_pixel <= 0:
+        raise ValueError("the scan has no counts; cannot normalise the network input")
+    return 1.0 / math.sqrt(mean_counts_per_pixel)
+
+
+@dataclass
+class TrainingRecord:
+    """Facts about how the model was trained, kept in the model file."""
+
+    intensity_scale: float
+    input_normalization: float
+    mean_total_counts: float
+    batch_size: int = 16
+    epochs_trained: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class PinnModel(nn.Module):
+    """Generator + probe + intensity-scale correction, with the forward model that ties them."""
+
+    def __init__(self, config: ModelConfig, probe: np.ndarray | torch.Tensor, record: TrainingRecord) -> None:
+        super().__init__()
+        probe_tensor = torch.as_tensor(np.asarray(probe), dtype=torch.complex64)
+        if probe_tensor.ndim == 2:
+            probe_tensor = probe_tensor[None]
+        if probe_tensor.shape[-1] != config.N or probe_tensor.shape[-2] != config.N:
+            raise ValueError(f"probe is {tuple(probe_tensor.shape[-2:])} but the model expects N={config.N}")
+        self.config = config
+        self.record = record
+        self.generator = PinnGenerator(config)
+        self.probe = nn.Parameter(probe_tensor, requires_grad=config.probe_trainable)
+        # multiplies every scan's data-derived intensity scale; trainable on request
+        self.log_intensity_correction = nn.Parameter(torch.zeros(()), requires_grad=config.intensity_scale_trainable)
+
+    def network_input(self, counts: torch.Tensor, input_normalization: torch.Tensor | float) -> torch.Tensor:
+        return torch.sqrt(counts.clamp_min(0)) * input_normalization
+
+    def predict_patches(self, network_input: torch.Tensor) -> torch.Tensor:
+        return self.generator(network_input)
+
+    def expected_counts(self, patches: torch.Tensor, intensity_scale: torch.Tensor | float) -> torch.Tensor:
+        """Physics forward model, always in fp32/complex64 (mixed precision never reaches the FFT)."""
+        device_type = patches.device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            scale = torch.exp(self.log_intensity_correction.float()) * intensity_scale
+            return physics.predicted_counts(patches.to(torch.complex64), self.probe, scale)

@@ -1,0 +1,113 @@
+"""Model files: one ``*.pinn.pt`` holding weights, config, constants and versions (SPEC §7).
+
+Loading is safe (``torch.load(weights_only=True)``: only tensors and plain containers are
+unpickled, so a file crafted to run code is refused) and strict (every weight must match the
+architecture the stored config rebuilds; a truncated or foreign file is a clear error, never a
+model with random weights). Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptychodus_pinn import __version__
+from ptychodus_pinn.config import ModelConfig, model_config_from_dict, to_dict
+from ptychodus_pinn.data import atomic_write
+from ptychodus_pinn.model import PinnModel, TrainingRecord
+
+FORMAT_NAME = "ptychodus-pinn-model"
+FORMAT_VERSION = 1
+MODEL_SUFFIX = ".pinn.pt"
+
+
+class ModelFileError(ValueError):
+    """The model file cannot be used; the message says why."""
+
+
+def model_payload(model: PinnModel) -> dict[str, Any]:
+    record = model.record
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "model_config": to_dict(model.config),
+        "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
+        "constants": {
+            "intensity_scale": float(record.intensity_scale),
+            "input_normalization": float(record.input_normalization),
+            "mean_total_counts": float(record.mean_total_counts),
+            "batch_size": int(record.batch_size),
+            "epochs_trained": int(record.epochs_trained),
+        },
+        "extra": {str(key): value for key, value in record.extra.items() if isinstance(value, (int, float, str, bool))},
+        "versions": {"ptychodus_pinn": str(__version__), "torch": str(torch.__version__)},
+    }
+
+
+def save_model(model: PinnModel, path: str | os.PathLike[str]) -> Path:
+    """Write the model atomically; a failure leaves any previous file intact."""
+    path = Path(path)
+    payload = model_payload(model)
+    atomic_write(path, lambda temporary: torch.save(payload, temporary))
+    return path
+
+
+def load_model(path: str | os.PathLike[str], expect: ModelConfig | None = None) -> PinnModel:
+    """Rebuild a model from its file. ``expect`` refuses a model of another N, gridsize or mode."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a directory; give a model file ({MODEL_SUFFIX})")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path} is not a ptychodus-pinn model file (not a torch zip archive; truncated or another format?)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ModelFileError(
+            f"refused to load {path}: it holds objects other than tensors and plain data, which could run code "
+            f"on load ({str(error).splitlines()[0][:200]}); only load model files written by ptychodus-pinn"
+        ) from error
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, KeyError, ValueError) as error:
+        raise ModelFileError(f"cannot read model file {path}: {error}; the file is damaged or truncated") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"{path} is a torch file but not a ptychodus-pinn model (no '{FORMAT_NAME}' header)")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} has model format version {version!r}, newer than this ptychodus-pinn understands ({FORMAT_VERSION}); "
+            "upgrade ptychodus-pinn"
+        )
+    try:
+        config = model_config_from_dict(dict(payload["model_config"]))
+        constants = payload["constants"]
+        record = TrainingRecord(
+            intensity_scale=float(constants["intensity_scale"]),
+            input_normalization=float(constants["input_normalization"]),
+            mean_total_counts=float(constants["mean_total_counts"]),
+            batch_size=int(constants["batch_size"]),
+            epochs_trained=int(constants["epochs_trained"]),
+            extra=dict(payload.get("extra", {})),
+        )
+        state = payload["state_dict"]
+        probe = state["probe"]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelFileError(f"{path} is missing or has invalid model fields: {error}") from error
+    if expect is not None:
+        for name in ("N", "gridsize", "mode"):
+            if getattr(config, name) != getattr(expect, name):
+                raise ModelFileError(
+                    f"{path} holds a model for {name}={getattr(config, name)!s} but {getattr(expect, name)!s} is needed; "
+                    "train a model for these settings or change them to match the model"
+                )
+    model = PinnModel(config, probe, record)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ModelFileError(f"{path}: weights do not match the stored architecture: {str(error)[:300]}") from error
+    return model

@@ -1,0 +1,281 @@
+"""Far-field ptychography as small pure torch functions (SPEC §4).
+
+Conventions, decided once and tested with golden cases:
+
+* patterns have zero frequency at pixel (N//2, N//2);
+* positions are probe centres in object pixels as (y=row, x=column); the probe's pixel (N//2, N//2)
+  sits on the position, so a patch with integer centre (y, x) covers rows y-N//2 .. y+N//2-1;
+* ``shift_images(image, d)(r) == image(r - d)``: content moves by +d (one function for every shift).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+EPSILON_COUNTS = 1e-6
+
+
+def far_field(exit_wave: torch.Tensor) -> torch.Tensor:
+    """Centred, unitary 2-D DFT over the last two axes (Parseval holds exactly)."""
+    shifted = torch.fft.ifftshift(exit_wave, dim=(-2, -1))
+    return torch.fft.fftshift(torch.fft.fft2(shifted, norm="ortho"), dim=(-2, -1))
+
+
+def predicted_counts(object_patches: torch.Tensor, probe: torch.Tensor, intensity_scale: torch.Tensor | float) -> torch.Tensor:
+    """Expected counts ``scale * sum_p |F(O * P_p)|^2`` for patches (..., N, N) and probe modes (P, N, N)."""
+    exit_waves = object_patches.unsqueeze(-3) * probe  # (..., P, N, N)
+    return intensity_scale * far_field(exit_waves).abs().square().sum(dim=-3)
+
+
+def intensity_scale_from_data(mean_total_counts: float, probe: np.ndarray) -> float:
+    """Scale that makes the illuminated object amplitude O(1): mean counts ÷ Σ|P|² over all modes."""
+    probe_power = float(np.sum(np.abs(probe) ** 2))
+    if not math.isfinite(probe_power) or probe_power <= 0:
+        raise ValueError("the probe has zero or non-finite power; give a probe with non-zero values")
+    return mean_total_counts / probe_power
+
+
+def poisson_nll(
+    predicted: torch.Tensor, measured: torch.Tensor, valid: torch.Tensor | None, mean_counts_per_pattern: float | torch.Tensor
+) -> torch.Tensor:
+    """Poisson negative log-likelihood in count units over valid pixels, per pattern, dose-normalised.
+
+    ``sum(I - k log(I + eps))`` summed over the pixels of one pattern, averaged over patterns and
+    divided by the mean counts per pattern so its size does not depend on dose. The mean counts
+    may be a tensor broadcastable to the per-pattern losses (several scans at different doses).
+    """
+    per_pixel = predicted - measured * torch.log(predicted + EPSILON_COUNTS)
+    if valid is not None:
+        per_pixel = per_pixel * valid
+    per_pattern = per_pixel.sum(dim=(-2, -1))
+    return (per_pattern / mean_counts_per_pattern).mean()
+
+
+def amplitude_mae(
+    predicted: torch.Tensor, measured: torch.Tensor, valid: torch.Tensor | None, mean_counts_per_pattern: float | torch.Tensor
+) -> torch.Tensor:
+    """Mean absolute error of amplitudes (sqrt of counts) over valid pixels, in units of the mean amplitude."""
+    per_pixel = (torch.sqrt(predicted + EPSILON_COUNTS) - torch.sqrt(measured)).abs()
+    if valid is not None:
+        per_pixel = per_pixel * valid
+    pixels = predicted.shape[-1] * predicted.shape[-2]
+    mean_amplitude = torch.sqrt(torch.as_tensor(mean_counts_per_pattern, dtype=predicted.dtype) / pixels)
+    return (per_pixel.mean(dim=(-2, -1)) / mean_amplitude).mean()
+
+
+def shift_images(images: torch.Tensor, shifts_yx_px: torch.Tensor) -> torch.Tensor:
+    """Move the content of images (..., H, W) by sub-pixel shifts (..., 2) = (dy, dx).
+
+    Bilinear interpolation with zeros outside: exact for integer shifts, no ringing or periodic
+    wrap-around at patch edges (a Fourier shift rings at the hard edges of cropped patches).
+    A point at r lands at r + d. Works for real and complex images and is differentiable.
+    """
+    height, width = images.shape[-2], images.shape[-1]
+    leading = images.shape[:-2]
+    shifts = shifts_yx_px.to(images.device).expand(*leading, 2).reshape(-1, 2)
+    if images.is_complex():
+        channels = torch.view_as_real(images.reshape(-1, height, width)).permute(0, 3, 1, 2)
+    else:
+        channels = images.reshape(-1, 1, height, width)
+    real_dtype = channels.dtype
+    rows = torch.arange(height, device=images.device, dtype=real_dtype)
+    cols = torch.arange(width, device=images.device, dtype=real_dtype)
+    sample_rows = rows[None, :, None] - shifts[:, 0, None, None].to(real_dtype)
+    sample_cols = cols[None, None, :] - shifts[:, 1, None, None].to(real_dtype)
+    grid = torch.stack(
+        torch.broadcast_tensors(2 * sample_cols / max(width - 1, 1) - 1, 2 * sample_rows / max(height - 1, 1) - 1),
+        dim=-1,
+    )
+    moved = torch.nn.functional.grid_sample(channels, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    if images.is_complex():
+        return torch.view_as_complex(moved.permute(0, 2, 3, 1).contiguous()).reshape(images.shape)
+    return moved.reshape(images.shape)
+
+
+def split_positions(positions_yx_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer part (nearest pixel) and sub-pixel remainder in [-0.5, 0.5] of positions."""
+    integer = np.rint(positions_yx_px).astype(np.int64)
+    return integer, positions_yx_px - integer
+
+
+def _window_indices(centres: np.ndarray, size: int, object_shape: tuple[int, int], margin: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat object indices of (size + 2*margin)² windows around integer centres, and in-grid flags."""
+    half = size // 2
+    offsets = np.arange(-half - margin, size - half + margin)
+    rows = centres[:, 0, None] + offsets[None, :]
+    cols = centres[:, 1, None] + offsets[None, :]
+    height, width = object_shape
+    inside = (rows[:, :, None] >= 0) & (rows[:, :, None] < height) & (cols[:, None, :] >= 0) & (cols[:, None, :] < width)
+    flat = np.clip(rows, 0, height - 1)[:, :, None] * width + np.clip(cols, 0, width - 1)[:, None, :]
+    return torch.from_numpy(flat), torch.from_numpy(inside)
+
+
+SHIFT_MARGIN_PX = 1
+
+
+def extract_patches(obj: torch.Tensor, positions_yx_px: np.ndarray, size: int) -> torch.Tensor:
+    """Object patches (M, size, size) whose pixel (size//2, size//2) sits at each sub-pixel position.
+
+    Pixels outside the object grid read as 0.
+    """
+    integer, fraction = split_positions(positions_yx_px)
+    flat, inside = _window_indices(integer, size, tuple(obj.shape[-2:]), SHIFT_MARGIN_PX)
+    flat, inside = flat.to(obj.device), inside.to(obj.device)
+    windows = obj.reshape(-1)[flat] * inside
+    # patch(r) = window(r + f): move content by -f
+    shifted = shift_images(windows, torch.from_numpy(-fraction).to(obj.device))
+    m = SHIFT_MARGIN_PX
+    return shifted[..., m : m + size, m : m + size]
+
+
+def probe_weight(probe: torch.Tensor, middle_trim_px: int = 0) -> torch.Tensor:
+    """Stitching weight |P|² summed over modes, zero outside the central crop when trimming."""
+    weight = probe.abs().square().sum(dim=0).to(torch.float32)
+    if middle_trim_px > 0:
+        size = weight.shape[-1]
+        if 2 * middle_trim_px >= size:
+            raise ValueError(f"middle_trim={middle_trim_px} leaves nothing of a {size}-px patch; use < {size // 2}")
+        mask = torch.zeros_like(weight)
+        mask[middle_trim_px : size - middle_trim_px, middle_trim_px : size - middle_trim_px] = 1
+        weight = weight * mask
+    return weight / weight.max()
+
+
+def stitch(
+    patches: torch.Tensor,
+    positions_yx_px: np.ndarray,
+    weight: torch.Tensor,
+    object_shape: tuple[int, int],
+    fill: torch.Tensor | None = None,
+    illuminated_threshold: float = 1e-3,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted average of patches (M, N, N) placed at their positions on an object grid.
+
+    Returns the object (H, W) and the boolean map of illuminated pixels (summed weight above
+    ``illuminated_threshold`` of the weight's peak). Unilluminated pixels take ``fill`` or 0.
+    Patch parts outside the grid are dropped.
+    """
+    size = patches.shape[-1]
+    integer, fraction = split_positions(positions_yx_px)
+    m = SHIFT_MARGIN_PX
+    padded_patches = torch.nn.functional.pad(patches * weight, (m, m, m, m))
+    padded_weight = torch.nn.functional.pad(weight.expand_as(patches.real), (m, m, m, m))
+    shifts = torch.from_numpy(fraction).to(patches.device)
+    moved_patches = shift_images(padded_patches, shifts)
+    moved_weight = shift_images(padded_weight.to(torch.float32), shifts)
+    flat, inside = _window_indices(integer, size, object_shape, m)
+    flat, inside = flat.to(patches.device), inside.to(patches.device)
+    numerator = torch.zeros(object_shape[0] * object_shape[1], dtype=moved_patches.dtype, device=patches.device)
+    denominator = torch.zeros(object_shape[0] * object_shape[1], dtype=torch.float32, device=patches.device)
+    numerator.index_add_(0, flat[inside], moved_patches[inside])
+    denominator.index_add_(0, flat[inside], moved_weight[inside].clamp_min(0))
+    numerator = numerator.reshape(object_shape)
+    denominator = denominator.reshape(object_shape)
+    illuminated = denominator > illuminated_threshold * float(weight.max())
+    obj = torch.where(illuminated, numerator / denominator.clamp_min(1e-12), torch.zeros_like(numerator))
+    if fill is not None:
+        obj = torch.where(illuminated, obj, fill.to(obj.dtype))
+    return obj, illuminated
+
+
+def align_patch_phases(
+    patches: torch.Tensor,
+    positions_yx_px: np.ndarray,
+    weight: torch.Tensor,
+    neighbor_count: int = 6,
+) -> torch.Tensor:
+    """Remove the free global phase of each patch so overlapping patches agree (phase synchronisation).
+
+    One pattern's intensities leave its patch's global phase undetermined, and averaging patches
+    with unrelated offsets washes the object out. For each pair of neighbouring patches we measure
+    the relative phase on their overlap (c_ij = Σ w conj(p_i) p_j in a shared frame); the leading
+    eigenvector of the Hermitian matrix [c_ij] gives every patch's offset at once (spectral
+    synchronisation), which is globally consistent where pairwise chaining would drift.
+    """
+    count = patches.shape[0]
+    if count < 2:
+        return patches
+    from scipy.spatial import cKDTree
+
+    k = min(neighbor_count, count - 1)
+    _, neighbours = cKDTree(positions_yx_px).query(positions_yx_px, k=k + 1)
+    neighbours = neighbours[:, 1:]
+    first = np.repeat(np.arange(count), k)
+    second = neighbours.reshape(-1)
+    offsets = torch.from_numpy(positions_yx_px[second] - positions_yx_px[first]).to(patches.device)
+    weighted = patches * weight
+    # bring patch j into the frame of patch i
+    moved = shift_images(weighted[second], offsets)
+    coupling = (weighted[first].conj() * moved).sum(dim=(-2, -1))
+    matrix = torch.zeros((count, count), dtype=torch.complex128, device=patches.device)
+    matrix[first, second] = coupling.to(torch.complex128)
+    matrix = matrix + matrix.conj().T
+    scale = matrix.abs().max()
+    if scale == 0:
+        return patches
+    matrix = (matrix / scale).cpu().numpy()
+    if count <= 2000:
+        _, vectors = np.linalg.eigh(matrix)
+        leading = vectors[:, -1]
+    else:
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.linalg import eigsh
+
+        _, vectors = eigsh(csr_matrix(matrix), k=1, which="LA")
+        leading = vectors[:, 0]
+    phases = np.angle(leading)
+    correction = torch.from_numpy(np.exp(1j * phases)).to(patches.dtype).to(patches.device)
+    return patches * correction[:, None, None]
+
+
+def group_neighbors(
+    positions_yx_px: np.ndarray,
+    gridsize: int,
+    neighbor_count: int,
+    n_groups: int | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Groups (G, C) of pattern indices: each seed pattern plus C-1 of its K nearest neighbours.
+
+    gridsize 1 gives each pattern alone. Groups are drawn reproducibly from ``seed``.
+    """
+    count = positions_yx_px.shape[0]
+    channels = gridsize * gridsize
+    if channels == 1:
+        groups = np.arange(count)[:, None]
+    else:
+        if count < channels:
+            raise ValueError(
+                f"gridsize={gridsize} needs at least {channels} patterns per group but the scan has {count}; "
+                "use gridsize 1 or a larger scan"
+            )
+        from scipy.spatial import cKDTree
+
+        k = min(max(neighbor_count, channels - 1), count - 1)
+        _, neighbours = cKDTree(positions_yx_px).query(positions_yx_px, k=k + 1)
+        rng = np.random.default_rng(seed)
+        picks = np.stack([rng.choice(k, size=channels - 1, replace=False) for _ in range(count)])
+        groups = np.concatenate([np.arange(count)[:, None], np.take_along_axis(neighbours[:, 1:], picks, axis=1)], axis=1)
+    if n_groups is not None and n_groups < groups.shape[0]:
+        rng = np.random.default_rng(seed + 1)
+        groups = groups[np.sort(rng.choice(groups.shape[0], size=n_groups, replace=False))]
+    return groups
+
+
+def merge_group_on_canvas(patches: torch.Tensor, offsets_yx_px: torch.Tensor, weight: torch.Tensor, pad_px: int) -> torch.Tensor:
+    """Average a group's patches (B, C, N, N) on a shared canvas and read each patch back.
+
+    Patches sit at their offsets from the group centroid; where they overlap they are forced to
+    agree, which ties their phases together and lets overlap constrain the solution.
+    """
+    padded = torch.nn.functional.pad(patches * weight, (pad_px,) * 4)
+    padded_weight = torch.nn.functional.pad(weight.expand_as(patches.real), (pad_px,) * 4)
+    numerator = shift_images(padded, offsets_yx_px).sum(dim=1, keepdim=True)
+    denominator = shift_images(padded_weight, offsets_yx_px).sum(dim=1, keepdim=True)
+    canvas = numerator / denominator.clamp_min(1e-3)
+    readback = shift_images(canvas.expand_as(padded), -offsets_yx_px)
+    size = patches.shape[-1]
+    return readback[..., pad_px : pad_px + size, pad_px : pad_px + size]

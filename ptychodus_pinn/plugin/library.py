@@ -1,0 +1,503 @@
+"""The "PtychoPINN (PyTorch)" reconstructor library, on ptychodus's own ABCs.
+
+Three entries (ptychodus shows them as ``ptychopinn (pytorch)_<name>``):
+
+* ``reconstruct`` — one click: self-supervised training on the selected scan (warm-started from
+  the loaded model when it fits), then inference and stitching. A plain ``Reconstructor``, so the
+  button reads "Reconstruct" and needs no model. The trained model stays loaded for Save Model and
+  for Infer on other scans.
+* ``train+infer`` — a ``TrainableReconstructor``: Train on a directory of exported training files
+  (ptychodus's Export Training Data writes them), Load Model, and Infer on a scan (one forward
+  pass, the fast path).
+* ``train+infer supervised`` — the same with supervised training on files that carry objects.
+
+All three share one model slot. Torch and the engine are imported on first use only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ptychodus.api.io import StandardFileLayout, save_ptychopinn_training_data
+from ptychodus.api.product import LossValue
+from ptychodus.api.reconstruct import (
+    ReconstructInput,
+    Reconstructor,
+    ReconstructorLibrary,
+    ReconstructOutput,
+    TrainableReconstructor,
+    TrainOutput,
+)
+from ptychodus.api.settings import SettingsRegistry
+
+from ptychodus_pinn.config import TrainingMode
+
+from .convert import losses_from_history, output_product, reconstruct_input_to_scan
+from .runner import DoneEvent, EpochEvent, ErrorEvent, TrainingRun, release_device_memory
+from .settings import PluginSettings, plugin_option, settings_to_run_config
+
+LIBRARY_NAME = "PtychoPINN (PyTorch)"
+LOGGER_NAME = "ptychodus_pinn"  # the engine logs below it, so its messages reach the log panel too
+MODEL_FILE_EXTENSION = ".pinn.pt"
+MODEL_FILE_FILTER = f"PtychoPINN (PyTorch) model (*{MODEL_FILE_EXTENSION})"
+TRAINING_DATA_FILE_FILTER = "PtychoPINN training data (*.npz)"
+TRAINING_FILE_SUFFIXES = (".npz", ".h5", ".hdf5", ".cxi")
+
+RECONSTRUCT_NAME = "Reconstruct"
+TRAIN_INFER_NAME = "Train+Infer"
+SUPERVISED_NAME = "Train+Infer Supervised"
+
+logger = logging.getLogger(LOGGER_NAME)
+
+
+class ModelSlot:
+    """The model shared by the library's reconstructors (trained, loaded or pretrained)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._model: Any | None = None
+        self.source = ""
+        self.observers: list[Callable[[], None]] = []
+
+    def get(self) -> Any | None:
+        with self._lock:
+            return self._model
+
+    def set(self, model: Any | None, source: str) -> None:
+        with self._lock:
+            self._model = model
+            self.source = source if model is not None else ""
+        for observer in list(self.observers):
+            try:
+                observer()
+            except Exception:
+                logger.debug("model observer failed", exc_info=True)
+
+    def describe(self) -> str:
+        model = self.get()
+        if model is None:
+            return "No model loaded"
+        config = getattr(model, "config", None)
+        size = f"N={config.N}, gridsize={config.gridsize}, width={config.n_filters_scale}, {config.mode}" if config else ""
+        return f"{self.source} ({size})" if size else self.source
+
+
+class PinnReconstructorLibrary(ReconstructorLibrary):
+    """ptychodus library "PtychoPINN (PyTorch)"; one instance per ptychodus ModelCore."""
+
+    def __init__(self, settings_registry: SettingsRegistry, *, is_developer_mode_enabled: bool = False) -> None:
+        super().__init__(LOGGER_NAME)
+        self.settings = PluginSettings(settings_registry)
+        self.model_slot = ModelSlot()
+        self.is_developer_mode_enabled = is_developer_mode_enabled
+        self._task_monitor: Any | None = None
+        self._reconstructors: list[Reconstructor] = [
+            SelfSupervisedReconstructor(self),
+            TrainInferReconstructor(self, TRAIN_INFER_NAME, TrainingMode.PINN),
+            TrainInferReconstructor(self, SUPERVISED_NAME, TrainingMode.SUPERVISED),
+        ]
+
+    @property
+    def name(self) -> str:
+        return LIBRARY_NAME
+
+    def __iter__(self) -> Iterator[Reconstructor]:
+        return iter(self._reconstructors)
+
+    # -- ptychodus hooks --------------------------------------------------------------------------
+
+    def attach_processing_api(self, processing_api: Any) -> None:
+        """Called by the activation hook: lets runs see Stop and report progress between yields."""
+        monitor = getattr(processing_api, "task_monitor", None)
+        if monitor is not None and hasattr(monitor, "is_stopping") and hasattr(monitor, "update_progress"):
+            self._task_monitor = monitor
+
+    def stop_requested(self) -> bool:
+        monitor = self._task_monitor
+        return bool(monitor is not None and monitor.is_stopping)
+
+    def report_progress(self, progress: int, goal: int) -> bool:
+        """Update ptychodus's progress bar without yielding a product; False when not attached."""
+        monitor = self._task_monitor
+        if monitor is None:
+            return False
+        monitor.update_progress(progress, goal)
+        return True
+
+    # -- models -----------------------------------------------------------------------------------
+
+    def save_model(self, file_path: Path) -> None:
+        from ptychodus_pinn.persistence import save_model
+
+        model = self.model_slot.get()
+        if model is None:
+            raise RuntimeError("No PtychoPINN (PyTorch) model to save: reconstruct, train or load one first")
+        path = Path(file_path)
+        if not path.name.endswith(MODEL_FILE_EXTENSION):
+            path = path.with_name(path.name + MODEL_FILE_EXTENSION)
+        save_model(model, path)
+        logger.info("Saved the model to %s", path)
+
+    def load_model(self, file_path: Path) -> None:
+        from ptychodus_pinn.persistence import load_model
+
+        model = load_model(Path(file_path))
+        self.model_slot.set(model, f"loaded from {Path(file_path).name}")
+        logger.info("Loaded model %s", self.model_slot.describe())
+
+    def initial_model_for(self, size_px: int) -> Any | None:
+        """The loaded model, else a shipped pretrained one, when its pattern size fits the scan."""
+        model = self.model_slot.get()
+        if model is not None:
+            if size_px == model.config.N:
+                return model
+            logger.info(
+                "The loaded model expects N=%d patterns, the scan has N=%d: training from scratch", model.config.N, size_px
+            )
+            return None
+        return _pretrained_model(size_px)
+
+
+def _pretrained_model(size_px: int) -> Any | None:
+    """A pretrained model shipped with the engine, if the engine offers one for this size."""
+    try:
+        from ptychodus_pinn import persistence
+    except ImportError:
+        return None
+    finder = getattr(persistence, "load_pretrained", None)
+    if finder is None:
+        return None
+    try:
+        return finder(size_px)
+    except Exception:
+        logger.info("No usable pretrained model for N=%d", size_px, exc_info=True)
+        return None
+
+
+# network-shape fields a warm start must share with the settings (ptychodus_pinn.training.check_model_fits)
+WARM_START_FIELDS = ("N", "gridsize", "n_filters_scale", "amp_activation", "probe_big")
+
+
+def model_fits(stored: Any, wanted: Any) -> bool:
+    return all(getattr(stored, name) == getattr(wanted, name) for name in WARM_START_FIELDS)
+
+
+def _preview(model: Any, scan: Any, execution: Any) -> Any:
+    """Reconstruct with the model being trained (on the training thread, between epochs)."""
+    from ptychodus_pinn.inference import reconstruct
+
+    was_training = bool(getattr(model, "training", False))
+    try:
+        return reconstruct(model, scan, execution=execution)
+    finally:
+        model.train(was_training)
+
+
+def _report(error: BaseException, action: str) -> None:
+    """Put a clear one-line message in ptychodus's log panel (the library logger feeds it)."""
+    logger.error("%s failed: %s: %s", action, type(error).__name__, error)
+    logger.debug("traceback", exc_info=error)
+
+
+class _PinnReconstructorBase:
+    def __init__(self, library: PinnReconstructorLibrary, name: str, mode: TrainingMode) -> None:
+        self._library = library
+        self._name = name
+        self._mode = mode
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def _epochs(self) -> int:
+        return int(self._library.settings["epochs"].get_value())
+
+    def _run_training(
+        self,
+        scans: list[Any],
+        values: dict[str, Any],
+        *,
+        initial_model: Any | None,
+        preview: Callable[[Any], Any] | None,
+    ) -> Iterator[EpochEvent | DoneEvent]:
+        """Train on a worker thread; yields epoch events and the final one, raising on errors."""
+        config = settings_to_run_config(values, N=scans[0].size_px, mode=self._mode)
+        run = TrainingRun(
+            scans,
+            config,
+            initial_model=initial_model,
+            preview=preview,
+            preview_interval_s=float(plugin_option(values, "preview_interval_s")),
+        ).start()
+        try:
+            for event in run.events(self._library.stop_requested):
+                if isinstance(event, ErrorEvent):
+                    raise event.error
+                if isinstance(event, DoneEvent) and run.stop_requested_at_s is not None:
+                    logger.info("Training stopped %.1f s after Stop", time.monotonic() - run.stop_requested_at_s)
+                yield event
+        finally:
+            run.close()  # GeneratorExit from ptychodus's Stop lands here too
+
+
+class SelfSupervisedReconstructor(_PinnReconstructorBase, Reconstructor):
+    """One click: train on the selected scan without labels, then infer and stitch."""
+
+    def __init__(self, library: PinnReconstructorLibrary) -> None:
+        super().__init__(library, RECONSTRUCT_NAME, TrainingMode.PINN)
+
+    def get_progress_goal(self) -> int:
+        return self._epochs() + 1  # + inference
+
+    def reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
+        try:
+            yield from self._reconstruct(parameters)
+        except GeneratorExit:
+            raise
+        except BaseException as error:
+            _report(error, "PtychoPINN (PyTorch) reconstruction")
+            raise
+
+    def _reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
+        from ptychodus_pinn.inference import reconstruct
+
+        library = self._library
+        values = library.settings.values()
+        scan = reconstruct_input_to_scan(parameters)
+        goal = int(values["epochs"]) + 1
+        fill = plugin_option(values, "fill_unilluminated") == "input object"
+        initial = library.initial_model_for(scan.size_px) if plugin_option(values, "warm_start") else None
+        config = settings_to_run_config(values, N=scan.size_px, mode=self._mode)
+        if initial is not None and not model_fits(initial.config, config.model):
+            logger.info(
+                "Warm start skipped: %s has another architecture than the settings (%s)",
+                library.model_slot.source or "the pretrained model",
+                ", ".join(WARM_START_FIELDS),
+            )
+            initial = None
+        logger.info(
+            "Self-supervised training on %d patterns (N=%d) for %d epochs%s",
+            scan.count,
+            scan.size_px,
+            goal - 1,
+            f", starting from {library.model_slot.source}" if initial is not None else "",
+        )
+        losses: list[LossValue] = list()
+        last_yield_s = time.monotonic()
+        preview_interval_s = float(plugin_option(values, "preview_interval_s"))
+        result = None
+        for event in self._run_training(
+            [scan],
+            values,
+            initial_model=initial,
+            preview=lambda model: _preview(model, scan, config.execution),
+        ):
+            if isinstance(event, DoneEvent):
+                result = event.result
+                break
+            losses.append(LossValue(int(event.report.epoch), float(event.report.train_loss)))
+            progress = int(event.report.epoch)  # EpochReport.epoch counts from 1
+            attached = library.report_progress(progress, goal)
+            now_s = time.monotonic()
+            # without the monitor the Stop button is only seen at a yield: yield on the preview cadence
+            if event.preview is not None or (not attached and now_s - last_yield_s >= preview_interval_s):
+                obj = event.preview.object if event.preview is not None else None
+                ill = event.preview.illuminated if event.preview is not None else None
+                yield ReconstructOutput(
+                    output_product(parameters, obj, illuminated=ill, losses=losses, fill_with_input=fill),
+                    progress=progress,
+                )
+                last_yield_s = time.monotonic()
+        if result is None:
+            return
+        model = result.model
+        recon = reconstruct(model, scan, execution=config.execution)
+        model = release_device_memory(model)
+        library.model_slot.set(model, f"self-supervised on {parameters.product.metadata.name}")
+        logger.info(
+            "Reconstructed in %.1f s training (best epoch %d%s) + %.2f s inference (%.0f patterns/s)",
+            result.seconds,
+            result.best_epoch,
+            ", stopped early" if result.stopped else "",
+            recon.seconds,
+            recon.patterns_per_second,
+        )
+        yield ReconstructOutput(
+            output_product(
+                parameters,
+                recon.object,
+                illuminated=recon.illuminated,
+                losses=losses_from_history(result.history),
+                fill_with_input=fill,
+            ),
+            progress=goal,
+        )
+
+
+class TrainInferReconstructor(_PinnReconstructorBase, TrainableReconstructor):
+    """Train on exported files (PINN or supervised), Load/Save Model, and Infer on a scan."""
+
+    def get_progress_goal(self) -> int:
+        return self._epochs()
+
+    # -- inference --------------------------------------------------------------------------------
+
+    def reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
+        try:
+            yield from self._infer(parameters)
+        except GeneratorExit:
+            raise
+        except BaseException as error:
+            _report(error, "PtychoPINN (PyTorch) inference")
+            raise
+
+    def _infer(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
+        from ptychodus_pinn.inference import reconstruct
+
+        library = self._library
+        model = library.model_slot.get()
+        if model is None:
+            raise RuntimeError("No model loaded: Train, Load Model, or use the one-click Reconstruct entry first")
+        values = library.settings.values()
+        scan = reconstruct_input_to_scan(parameters)
+        if scan.size_px != model.config.N:
+            raise ValueError(
+                f"the model expects {model.config.N}x{model.config.N} patterns, the scan has {scan.size_px}x{scan.size_px}"
+            )
+        config = settings_to_run_config(values, N=scan.size_px, mode=model.config.mode)
+        recon = reconstruct(model, scan, execution=config.execution)
+        release_device_memory(model)  # moves the module to the CPU in place
+        logger.info("Inferred %d patterns in %.2f s (%.0f patterns/s)", scan.count, recon.seconds, recon.patterns_per_second)
+        fill = plugin_option(values, "fill_unilluminated") == "input object"
+        yield ReconstructOutput(
+            output_product(
+                parameters,
+                recon.object,
+                illuminated=recon.illuminated,
+                losses=list(parameters.product.losses),
+                fill_with_input=fill,
+            ),
+            progress=self.get_progress_goal(),
+        )
+
+    # -- models -----------------------------------------------------------------------------------
+
+    def is_model_loaded(self) -> bool:
+        return self._library.model_slot.get() is not None
+
+    def get_model_file_filter(self) -> str:
+        return MODEL_FILE_FILTER
+
+    def get_model_file_extension(self) -> str:
+        return MODEL_FILE_EXTENSION
+
+    def load_model_from_file(self, file_path: Path) -> None:
+        try:
+            self._library.load_model(file_path)
+        except Exception as error:
+            _report(error, "Loading the model")
+            raise
+
+    def save_model(self, file_path: Path) -> None:
+        self._library.save_model(file_path)
+
+    # -- training data ----------------------------------------------------------------------------
+
+    def get_training_data_file_filter(self) -> str:
+        return TRAINING_DATA_FILE_FILTER
+
+    def export_training_data(self, file_path: Path, parameters: ReconstructInput) -> None:
+        """ptychodus's PtychoPINN ``.npz`` layout (diff3d, x/ycoords, probeGuess, objectGuess, ...)."""
+        path = Path(file_path)
+        if path.suffix.lower() != ".npz":
+            path = path.with_name(path.name + ".npz")
+        save_ptychopinn_training_data(path, parameters, inpaint_bad_pixels=False)
+        logger.info("Exported %d patterns to %s", len(parameters.product.probe_positions), path)
+
+    def train(self, input_path: Path, output_path: Path) -> Iterator[TrainOutput]:
+        try:
+            yield from self._train(Path(input_path), Path(output_path))
+        except GeneratorExit:
+            raise
+        except BaseException as error:
+            _report(error, "PtychoPINN (PyTorch) training")
+            raise
+
+    def _train(self, input_path: Path, output_path: Path) -> Iterator[TrainOutput]:
+        library = self._library
+        values = library.settings.values()
+        scans = load_training_scans(input_path, supervised=self._mode is TrainingMode.SUPERVISED)
+        goal = int(values["epochs"])
+        train_losses: list[LossValue] = []
+        val_losses: list[LossValue] = []
+        result = None
+        for event in self._run_training(scans, values, initial_model=None, preview=None):
+            if isinstance(event, DoneEvent):
+                result = event.result
+                break
+            report = event.report
+            train_losses.append(LossValue(int(report.epoch), float(report.train_loss)))
+            if report.val_loss is not None:
+                val_losses.append(LossValue(int(report.epoch), float(report.val_loss)))
+            # TrainOutput is cheap for ptychodus (progress only), so one per epoch is fine
+            yield TrainOutput(list(train_losses), list(val_losses), progress=int(report.epoch))
+        if result is None:
+            return
+        model = release_device_memory(result.model)
+        library.model_slot.set(model, f"{self._mode.value} training on {input_path.name}")
+        if output_path.is_dir() or not output_path.suffix:
+            output_path.mkdir(parents=True, exist_ok=True)
+            model_path = output_path / f"{StandardFileLayout.MODEL_BASENAME}{MODEL_FILE_EXTENSION}"
+        else:
+            model_path = output_path
+        library.save_model(model_path)
+        logger.info(
+            "Trained %d epochs in %.1f s (best epoch %d%s)",
+            len(result.history),
+            result.seconds,
+            result.best_epoch,
+            ", stopped early" if result.stopped else "",
+        )
+        yield TrainOutput(train_losses, val_losses, progress=goal)
+
+
+def load_training_scans(path: Path, *, supervised: bool) -> list[Any]:
+    """Every readable scan file in a directory (or the one file given); unreadable ones are reported."""
+    from ptychodus_pinn.data import ScanError, load_scan
+
+    if path.is_dir():
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if p.is_file() and p.suffix.lower() in TRAINING_FILE_SUFFIXES and not p.name.endswith(MODEL_FILE_EXTENSION)
+        )
+    elif path.is_file():
+        files = [path]
+    else:
+        raise FileNotFoundError(f"training data not found: {path}")
+    scans = []
+    for file in files:
+        try:
+            scan = load_scan(file)
+        except (ScanError, OSError, KeyError) as error:
+            logger.warning("Skipping %s: %s", file.name, error)
+            continue
+        if supervised and scan.object_guess is None and scan.ground_truth is None:
+            logger.warning("Skipping %s: supervised training needs an object in the file", file.name)
+            continue
+        scans.append(scan)
+    if not scans:
+        raise FileNotFoundError(
+            f"no usable training files in {path} (looked for {', '.join(TRAINING_FILE_SUFFIXES)}); "
+            "write them with Export Training Data"
+        )
+    sizes = {scan.size_px for scan in scans}
+    if len(sizes) > 1:
+        raise ValueError(f"training files have different pattern sizes {sorted(sizes)}; train on one size at a time")
+    logger.info("Training on %d file(s), %d patterns", len(scans), sum(scan.count for scan in scans))
+    return scans

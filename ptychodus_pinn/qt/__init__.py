@@ -1,0 +1,1 @@
+"""Qt panel for ptychodus (the only PyQt5 importer)."""

@@ -1,0 +1,466 @@
+"""Training on Lightning: data sets of pattern groups, the LightningModule, and the one mapping
+from configs to Trainer and DataLoader arguments (SPEC §6)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ptychodus_pinn import physics
+from ptychodus_pinn.config import (
+    Accelerator,
+    ExecutionConfig,
+    LoggerKind,
+    LossKind,
+    ModelConfig,
+    RunConfig,
+    Scheduler,
+    TrainingConfig,
+    TrainingMode,
+)
+from ptychodus_pinn.data import Scan, ScanError
+from ptychodus_pinn.model import PinnModel, TrainingRecord, input_normalization_for
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------- devices
+
+
+def resolve_accelerator(accelerator: Accelerator | str) -> str:
+    """Lightning accelerator name for a request; a GPU asked for and absent is an error, never CPU."""
+    accelerator = Accelerator(accelerator)
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    if accelerator is Accelerator.AUTO:
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if accelerator in (Accelerator.GPU, Accelerator.CUDA) and not cuda:
+        raise RuntimeError(
+            f"accelerator={accelerator.value} was requested but torch sees no CUDA GPU "
+            f"(torch {torch.__version__}, torch.cuda.is_available() is False); install a CUDA build of torch "
+            "or choose accelerator cpu"
+        )
+    if accelerator is Accelerator.MPS and not mps:
+        raise RuntimeError("accelerator=mps was requested but torch sees no Apple GPU; choose accelerator cpu or auto")
+    return "cuda" if accelerator is Accelerator.GPU else accelerator.value
+
+
+def torch_device(accelerator: Accelerator | str) -> torch.device:
+    name = resolve_accelerator(accelerator)
+    return torch.device(name if name != "cuda" else "cuda:0")
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class ScanTensors:
+    """Per-scan constants derived from the data (SPEC §4)."""
+
+    intensity_scale: float
+    input_normalization: float
+    mean_total_counts: float
+
+
+def scan_constants(scan: Scan) -> ScanTensors:
+    mean_counts = scan.mean_total_counts
+    return ScanTensors(
+        intensity_scale=physics.intensity_scale_from_data(mean_counts, scan.probe),
+        input_normalization=input_normalization_for(mean_counts, scan.size_px),
+        mean_total_counts=mean_counts,
+    )
+
+
+class GroupDataset(Dataset[dict[str, torch.Tensor]]):
+    """Groups of C = gridsize² neighbouring patterns with everything the loss needs."""
+
+    def __init__(self, items: dict[str, torch.Tensor]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return int(self.items["counts"].shape[0])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {key: value[index] for key, value in self.items.items()}
+
+
+def group_items(scan: Scan, groups: np.ndarray, constants: ScanTensors, with_labels: bool) -> dict[str, torch.Tensor]:
+    """Tensors for groups (G, C) of one scan."""
+    counts = torch.from_numpy(scan.patterns[groups])
+    positions = scan.positions_yx_px[groups]
+    offsets = positions - positions.mean(axis=1, keepdims=True)
+    count = groups.shape[0]
+    items = {
+        "counts": counts,
+        "input": torch.sqrt(counts) * constants.input_normalization,
+        "offsets": torch.from_numpy(offsets.astype(np.float32)),
+        "intensity_scale": torch.full((count,), constants.intensity_scale, dtype=torch.float32),
+        "mean_counts": torch.full((count,), constants.mean_total_counts, dtype=torch.float32),
+    }
+    if with_labels:
+        labels_object = scan.ground_truth if scan.ground_truth is not None else scan.object_guess
+        if labels_object is None:
+            raise ScanError("supervised training needs scans that carry an object (ground_truth or objectGuess)")
+        flat = physics.extract_patches(torch.from_numpy(labels_object), positions.reshape(-1, 2), scan.size_px)
+        items["labels"] = flat.reshape(count, groups.shape[1], scan.size_px, scan.size_px)
+    return items
+
+
+def spatial_split(positions_yx_px: np.ndarray, validation_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation pattern indices split by region: the right-most stripe validates.
+
+    Overlapping neighbours would leak the validation object into training under a random split.
+    """
+    count = positions_yx_px.shape[0]
+    if validation_fraction <= 0 or count < 4:
+        return np.arange(count), np.arange(0)
+    columns = positions_yx_px[:, 1]
+    threshold = np.quantile(columns, 1 - validation_fraction)
+    validation = np.flatnonzero(columns > threshold)
+    training = np.flatnonzero(columns <= threshold)
+    return training, validation
+
+
+def build_datasets(scans: Sequence[Scan], model: ModelConfig, training: TrainingConfig, seed: int) -> tuple[GroupDataset, GroupDataset | None]:
+    supervised = model.mode is TrainingMode.SUPERVISED
+    train_parts: list[dict[str, torch.Tensor]] = []
+    val_parts: list[dict[str, torch.Tensor]] = []
+    for index, scan in enumerate(scans):
+        if scan.size_px != model.N:
+            raise ScanError(f"scan #{index} has {scan.size_px}-px patterns but the model is for N={model.N}")
+        constants = scan_constants(scan)
+        train_idx, val_idx = spatial_split(scan.positions_yx_px, training.validation_fraction)
+        for indices, parts in ((train_idx, train_parts), (val_idx, val_parts)):
+            if indices.size < model.channels:
+                continue
+            groups = physics.group_neighbors(scan.positions_yx_px[indices], model.gridsize, model.neighbor_count, None, seed + index)
+            parts.append(group_items(scan, indices[groups], constants, supervised))
+    if not train_parts:
+        raise ScanError(
+            f"no training groups: the scans hold too few patterns for gridsize={model.gridsize} "
+            f"(needs {model.channels} per group); use gridsize 1 or more patterns"
+        )
+    train_items = {key: torch.cat([part[key] for part in train_parts]) for key in train_parts[0]}
+    if training.n_groups is not None and training.n_groups < len(train_items["counts"]):
+        keep = torch.from_numpy(np.random.default_rng(seed).choice(len(train_items["counts"]), training.n_groups, replace=False))
+        train_items = {key: value[keep] for key, value in train_items.items()}
+    val_dataset = None
+    if val_parts:
+        val_dataset = GroupDataset({key: torch.cat([part[key] for part in val_parts]) for key in val_parts[0]})
+    return GroupDataset(train_items), val_dataset
+
+
+def dataloader_arguments(execution: ExecutionConfig, batch_size: int, shuffle: bool) -> dict[str, Any]:
+    """The one mapping from ExecutionConfig to DataLoader keyword arguments."""
+    arguments: dict[str, Any] = {
+        "batch_size": batch_size,
+        "shuffle": shuffle,
+        "num_workers": execution.num_workers,
+        "pin_memory": execution.pin_memory,
+        "persistent_workers": execution.persistent_workers,
+    }
+    if execution.prefetch_factor is not None:
+        arguments["prefetch_factor"] = execution.prefetch_factor
+    if shuffle:
+        arguments["generator"] = torch.Generator().manual_seed(execution.seed)
+    return arguments
+
+
+# ------------------------------------------------------------------------------------------ lightning
+
+
+def learning_rate_factor(scheduler: Scheduler, epoch: int, epochs: int, warmup_epochs: int) -> float:
+    """Multiplier of the base learning rate at an epoch for the epoch-wise schedules."""
+    if scheduler is Scheduler.EXPONENTIAL:
+        return 0.05 ** (epoch / max(epochs - 1, 1))
+    if scheduler is Scheduler.COSINE:
+        if epoch < warmup_epochs:
+            return (epoch + 1) / (warmup_epochs + 1)
+        progress = (epoch - warmup_epochs) / max(epochs - warmup_epochs, 1)
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return 1.0
+
+
+class PinnLightningModule(pl.LightningModule):
+    def __init__(
+        self, model: PinnModel, execution: ExecutionConfig, epochs: int, canvas_pad_px: int, bad_pixels: np.ndarray | None = None
+    ) -> None:
+        super().__init__()
+        self.model = model
+        valid = None if bad_pixels is None else torch.from_numpy(~bad_pixels).float()
+        self.register_buffer("valid_pixels", valid, persistent=False)
+        self.execution = execution
+        self.epochs = epochs
+        self.canvas_pad_px = canvas_pad_px
+        self.monitor = "train_loss"
+
+    def _weight(self) -> torch.Tensor:
+        return physics.probe_weight(self.model.probe.detach())
+
+    def patches_for(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        patches = self.model.predict_patches(batch["input"])
+        config = self.model.config
+        if config.object_big and config.channels > 1:
+            patches = physics.merge_group_on_canvas(patches.to(torch.complex64), batch["offsets"], self._weight(), self.canvas_pad_px)
+        return patches
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        patches = self.patches_for(batch)
+        config = self.model.config
+        if config.mode is TrainingMode.SUPERVISED:
+            weight = self._weight()
+            difference = (patches.to(torch.complex64) - batch["labels"]).abs() * weight
+            return difference.sum(dim=(-2, -1)).mean() / weight.sum()
+        scale = batch["intensity_scale"][:, None, None, None]
+        expected = self.model.expected_counts(patches, scale)
+        valid = self.valid_pixels
+        mean_counts = batch["mean_counts"][:, None]
+        if config.loss is LossKind.MAE:
+            return physics.amplitude_mae(expected, batch["counts"], valid, mean_counts)
+        return physics.poisson_nll(expected, batch["counts"], valid, mean_counts)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["counts"]), sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["counts"]), sync_dist=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        parameters = [parameter for parameter in self.parameters() if parameter.requires_grad]
+        optimizer = torch.optim.Adam(parameters, lr=self.execution.learning_rate)
+        scheduler_kind = self.execution.scheduler
+        if scheduler_kind is Scheduler.PLATEAU:
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=0.5, patience=2, threshold=1e-4, threshold_mode="abs"
+            )
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": self.monitor, "interval": "epoch"}}
+        if scheduler_kind is Scheduler.CONSTANT:
+            return optimizer
+        epochs, warmup = self.epochs, self.execution.warmup_epochs
+        lambda_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda epoch: learning_rate_factor(scheduler_kind, epoch, epochs, warmup)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lambda_scheduler, "interval": "epoch"}}
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    epochs: int
+    train_loss: float
+    val_loss: float | None
+    learning_rate: float
+    seconds: float
+
+
+class _ProgressAndStop(pl.Callback):
+    """Reports each epoch to the caller and turns a stop request into a clean Lightning stop."""
+
+    def __init__(self, epochs: int, on_epoch_end: Callable[[EpochReport], None] | None, stop_event: threading.Event | None) -> None:
+        self.epochs = epochs
+        self.on_epoch_end = on_epoch_end
+        self.stop_event = stop_event
+        self.history: list[EpochReport] = []
+        self.started = time.perf_counter()
+        self.stopped = False
+
+    def _check_stop(self, trainer: pl.Trainer) -> None:
+        if self.stop_event is not None and self.stop_event.is_set() and not trainer.should_stop:
+            self.stopped = True
+            trainer.should_stop = True
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._check_stop(trainer)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._check_stop(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        train_loss = float(metrics["train_loss"]) if "train_loss" in metrics else math.nan
+        val_loss = float(metrics["val_loss"]) if "val_loss" in metrics else None
+        learning_rate = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else math.nan
+        report = EpochReport(trainer.current_epoch + 1, self.epochs, train_loss, val_loss, learning_rate, time.perf_counter() - self.started)
+        self.history.append(report)
+        if self.on_epoch_end is not None and trainer.is_global_zero:
+            self.on_epoch_end(report)
+        self._check_stop(trainer)
+
+
+def make_logger(kind: LoggerKind, save_dir: Path) -> Any:
+    if kind is LoggerKind.NONE:
+        return False
+    if kind is LoggerKind.CSV:
+        return pl.loggers.CSVLogger(save_dir=str(save_dir), name="logs")
+    if kind is LoggerKind.TENSORBOARD:
+        return pl.loggers.TensorBoardLogger(save_dir=str(save_dir), name="logs")
+    return pl.loggers.MLFlowLogger(experiment_name="ptychodus-pinn", tracking_uri=f"file:{save_dir / 'mlruns'}")
+
+
+def trainer_arguments(
+    execution: ExecutionConfig,
+    training: TrainingConfig,
+    monitor: str,
+    checkpoint_dir: Path,
+    callbacks: list[pl.Callback],
+) -> dict[str, Any]:
+    """The one mapping from configs to ``lightning.pytorch.Trainer`` keyword arguments."""
+    checkpoint = pl.callbacks.ModelCheckpoint(
+        dirpath=str(checkpoint_dir),
+        filename="best-{epoch:03d}",
+        monitor=monitor,
+        mode=execution.checkpoint_mode.value,
+        save_top_k=execution.checkpoint_save_top_k,
+        save_last=True,
+    )
+    all_callbacks: list[pl.Callback] = [checkpoint, *callbacks]
+    if execution.early_stop_patience is not None:
+        all_callbacks.append(
+            pl.callbacks.EarlyStopping(monitor=monitor, mode=execution.checkpoint_mode.value, patience=execution.early_stop_patience)
+        )
+    return {
+        "accelerator": resolve_accelerator(execution.accelerator),
+        "devices": execution.devices,
+        "strategy": execution.strategy,
+        "num_nodes": execution.num_nodes,
+        "precision": execution.precision.value,
+        # "warn": deterministic kernels where torch has them (some CUDA backward kernels have none)
+        "deterministic": "warn" if execution.deterministic else False,
+        "max_epochs": training.epochs,
+        "gradient_clip_val": execution.gradient_clip_val,
+        "accumulate_grad_batches": execution.accumulate_grad_batches,
+        "callbacks": all_callbacks,
+        "logger": make_logger(execution.logger, checkpoint_dir),
+        "enable_progress_bar": execution.enable_progress_bar,
+        "enable_model_summary": False,
+        "default_root_dir": str(checkpoint_dir),
+        "num_sanity_val_steps": 0,
+    }
+
+
+@dataclass
+class TrainResult:
+    model: PinnModel
+    history: list[EpochReport]
+    best_epoch: int
+    seconds: float
+    stopped: bool
+    is_global_zero: bool = True
+    checkpoint_dir: Path | None = None
+    best_checkpoint: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def new_model(scans: Sequence[Scan], config: ModelConfig, batch_size: int) -> PinnModel:
+    """A fresh model whose constants come from the training data."""
+    constants = [scan_constants(scan) for scan in scans]
+    modes = {scan.probe.shape[0] for scan in scans}
+    if len(modes) > 1:
+        raise ScanError(f"the scans have different numbers of probe modes {sorted(modes)}; train on scans with one probe model")
+    record = TrainingRecord(
+        intensity_scale=float(np.mean([c.intensity_scale for c in constants])),
+        input_normalization=float(np.mean([c.input_normalization for c in constants])),
+        mean_total_counts=float(np.mean([c.mean_total_counts for c in constants])),
+        batch_size=batch_size,
+    )
+    return PinnModel(config, scans[0].probe, record)
+
+
+def check_model_fits(model: PinnModel, config: ModelConfig) -> None:
+    """A model can warm-start training only for the same network shape."""
+    stored = model.config
+    for name in ("N", "gridsize", "n_filters_scale", "amp_activation", "probe_big"):
+        if getattr(stored, name) != getattr(config, name):
+            raise ValueError(
+                f"the initial model has {name}={getattr(stored, name)!r} but training asks for {getattr(config, name)!r}; "
+                "train from scratch or change the setting to match the model"
+            )
+
+
+def train(
+    scans: Sequence[Scan],
+    config: RunConfig,
+    *,
+    initial_model: PinnModel | None = None,
+    on_epoch_end: Callable[[EpochReport], None] | None = None,
+    stop_event: threading.Event | None = None,
+    checkpoint_dir: Path | None = None,
+    resume_from: Path | None = None,
+) -> TrainResult:
+    """Train a PtychoPINN on scans; returns the best model by the monitored metric.
+
+    ``stop_event`` ends training after the current batch and still returns the best model so
+    far. ``checkpoint_dir`` keeps Lightning checkpoints (``last.ckpt`` resumes a killed run via
+    ``resume_from``); without it they live in a temporary folder.
+    """
+    if not scans:
+        raise ScanError("no scans to train on")
+    started = time.perf_counter()
+    model_config, training, execution = config.model, config.training, config.execution
+    pl.seed_everything(execution.seed, workers=True, verbose=False)
+    train_set, val_set = build_datasets(scans, model_config, training, execution.seed)
+    if initial_model is not None:
+        check_model_fits(initial_model, model_config)
+        model = PinnModel(model_config, scans[0].probe, new_model(scans, model_config, training.batch_size).record)
+        model.generator.load_state_dict(initial_model.generator.state_dict())
+    else:
+        model = new_model(scans, model_config, training.batch_size)
+    offsets = train_set.items["offsets"]
+    canvas_pad_px = int(math.ceil(float(offsets.abs().max()))) + 2 if model_config.channels > 1 else 0
+    module = PinnLightningModule(model, execution, training.epochs, canvas_pad_px, scans[0].bad_pixels)
+    has_validation = val_set is not None and len(val_set) > 0
+    monitor = execution.checkpoint_monitor or ("val_loss" if has_validation else "train_loss")
+    if monitor == "val_loss" and not has_validation:
+        raise ValueError("checkpoint_monitor=val_loss needs a validation split; set validation_fraction > 0 or monitor train_loss")
+    module.monitor = monitor
+    progress = _ProgressAndStop(training.epochs, on_epoch_end, stop_event)
+    temporary = None
+    if checkpoint_dir is None:
+        temporary = tempfile.TemporaryDirectory(prefix="pinn-checkpoints-")
+        checkpoint_dir = Path(temporary.name)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    trainer = pl.Trainer(**trainer_arguments(execution, training, monitor, checkpoint_dir, [progress]))
+    train_loader = DataLoader(train_set, **dataloader_arguments(execution, training.batch_size, shuffle=True))
+    val_loader = DataLoader(val_set, **dataloader_arguments(execution, training.batch_size, shuffle=False)) if has_validation else None
+    try:
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
+        checkpoint = trainer.checkpoint_callback
+        best_path = getattr(checkpoint, "best_model_path", "") or None
+        best_epoch = len(progress.history)
+        if best_path and Path(best_path).exists():
+            state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+            module.load_state_dict(state)
+            best_epoch = int(torch.load(best_path, map_location="cpu", weights_only=True)["epoch"]) + 1
+        module.model.record.epochs_trained = len(progress.history)
+        module.model.to("cpu")
+        return TrainResult(
+            model=module.model,
+            history=progress.history,
+            best_epoch=best_epoch,
+            seconds=time.perf_counter() - started,
+            stopped=progress.stopped,
+            is_global_zero=trainer.is_global_zero,
+            checkpoint_dir=None if temporary else checkpoint_dir,
+            best_checkpoint=None if temporary else best_path,
+        )
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if temporary is not None:
+            temporary.cleanup()

@@ -1,0 +1,135 @@
+"""The real ptychodus GUI (offscreen) with the plugin: entry in the Algorithm combo, our panel, settings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("pytestqt")
+pytest.importorskip("PyQt5")
+
+from PyQt5.QtCore import Qt
+from PyQt5.QtWidgets import QComboBox, QLineEdit, QStackedWidget
+
+from ptychodus_pinn.plugin.activation import ReconstructorPlugin, activate, deactivate
+from ptychodus_pinn.plugin.entry import create_library, reconstructor_plugin
+
+pytestmark = pytest.mark.gui
+
+RECONSTRUCT = "ptychopinn (pytorch)_reconstruct"
+
+
+def _build_gui(qtbot: Any) -> tuple[Any, Any, Any]:
+    from ptychodus.controller import ControllerCore
+    from ptychodus.model import ModelCore
+    from ptychodus.view import ViewCore
+
+    model = ModelCore(log_level=logging.WARNING)
+    view = ViewCore(is_developer_mode_enabled=False)
+    qtbot.addWidget(view)
+    controller = ControllerCore(model, view)
+    return model, view, controller
+
+
+@pytest.fixture
+def gui(qtbot: Any, activated: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any, Any]]:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model, view, controller = _build_gui(qtbot)
+    yield model, view, controller
+    controller._run_tasks_timer.stop()
+
+
+def _algorithm_combo(view: Any) -> QComboBox:
+    for combo in view.processing_view.findChildren(QComboBox):
+        if any(combo.itemText(i) == RECONSTRUCT for i in range(combo.count())):
+            return combo
+    raise AssertionError("the Algorithm combo box does not list our entry")
+
+
+def _current_panel(view: Any) -> Any:
+    stacks = view.processing_view.findChildren(QStackedWidget)
+    (stack,) = [s for s in stacks if s.count() > 0 and s.parent() is not None and s.currentWidget() is not None][:1]
+    return stack.currentWidget()
+
+
+def test_entry_selectable_and_settings_follow_widgets(gui: Any, qtbot: Any) -> None:
+    model, view, _ = gui
+    combo = _algorithm_combo(view)
+    index = combo.findText(RECONSTRUCT)
+    combo.setCurrentIndex(index)
+    combo.textActivated.emit(RECONSTRUCT)  # what a user's click does
+    assert model.processing_core.algorithm_parameter.get_value() == RECONSTRUCT
+    panel = _current_panel(view)
+    assert panel.objectName() == "PtychoPINNTorchPluginPanel:reconstruct"  # ptychodus passes casefolded names
+    assert view.processing_view.findChildren(type(panel))  # our panel is inside the processing view
+
+    from ptychodus_pinn.plugin.activation import installed_libraries
+
+    (library,) = installed_libraries(model.processing_core.processing_api)
+    accelerator = panel.findChild(QComboBox, "accelerator")
+    assert accelerator is not None
+    assert [accelerator.itemText(i) for i in range(5)] == ["auto", "cpu", "gpu", "cuda", "mps"]
+    accelerator.setCurrentText("cpu")
+    accelerator.textActivated.emit("cpu")
+    assert library.settings["accelerator"].get_value() == "cpu"
+
+    batch = panel.findChild(QLineEdit, "batch_size")
+    assert batch is not None
+    batch.clear()
+    qtbot.keyClicks(batch, "48")
+    qtbot.keyClick(batch, Qt.Key.Key_Return)
+    assert library.settings["batch_size"].get_value() == 48
+
+    # the panel reflects settings changed elsewhere (e.g. a loaded .ini)
+    library.settings["batch_size"].set_value(12)
+    assert batch.text() == "12"
+    # every widget in the panel explains itself
+    for widget in panel.findChildren((QLineEdit, QComboBox)):
+        holder = widget  # Qt shows the nearest ancestor's tool tip (decimal editors wrap a QLineEdit)
+        while holder is not None and holder is not panel and not holder.toolTip():
+            holder = holder.parentWidget()
+        assert holder is not panel and holder is not None and holder.toolTip(), widget
+    # one-click entry: a plain Reconstructor, so the button reads Reconstruct and needs no model
+    from PyQt5.QtWidgets import QPushButton
+
+    assert any(button.text() == "Reconstruct" for button in view.processing_view.findChildren(QPushButton))
+
+
+def test_invalid_settings_show_a_message_in_the_panel(gui: Any) -> None:
+    model, view, _ = gui
+    from ptychodus_pinn.plugin.activation import installed_libraries
+
+    (library,) = installed_libraries(model.processing_core.processing_api)
+    combo = _algorithm_combo(view)
+    combo.setCurrentIndex(combo.findText(RECONSTRUCT))
+    combo.textActivated.emit(RECONSTRUCT)
+    panel = _current_panel(view)
+    library.settings["persistent_workers"].set_value(True)
+    from PyQt5.QtWidgets import QLabel
+
+    messages = [label.text() for label in panel.findChildren(QLabel) if label.text().startswith("Invalid settings")]
+    assert messages and "persistent_workers" in messages[0]
+    library.settings["persistent_workers"].set_value(False)
+    assert not [label for label in panel.findChildren(QLabel) if label.text().startswith("Invalid settings")]
+
+
+def test_broken_panel_factory_leaves_ptychodus_running(qtbot: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+    def raising_factory(library: Any, file_dialog_factory: Any) -> Any:
+        raise RuntimeError("panel factory exploded")
+
+    deactivate()
+    try:
+        assert activate([ReconstructorPlugin("broken-panel", create_library, raising_factory)])
+        _, view, controller = _build_gui(qtbot)
+        controller._run_tasks_timer.stop()
+        combo = _algorithm_combo(view)  # the library still works; ptychodus shows "not found" for its panel
+        assert combo.count() >= 3
+    finally:
+        deactivate()
+        activate([reconstructor_plugin()])
+        deactivate()

@@ -1,0 +1,203 @@
+"""Settings ⇄ RunConfig: one mapping, every field covered, persisted through ptychodus's .ini."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from ptychodus.api.settings import SettingsRegistry
+
+from ptychodus_pinn.config import (
+    Accelerator,
+    AmplitudeActivation,
+    CheckpointMode,
+    ExecutionConfig,
+    LoggerKind,
+    LossKind,
+    ModelConfig,
+    Precision,
+    RunConfig,
+    Scheduler,
+    TrainingConfig,
+    TrainingMode,
+)
+from ptychodus_pinn.plugin.settings import (
+    FIELDS,
+    NOT_SETTINGS,
+    PluginSettings,
+    Section,
+    accelerator_from_choice,
+    config_fields,
+    run_config_to_settings,
+    settings_to_run_config,
+)
+
+
+def _settings() -> tuple[SettingsRegistry, PluginSettings]:
+    registry = SettingsRegistry()
+    return registry, PluginSettings(registry)
+
+
+def test_every_config_field_is_a_setting_or_explained() -> None:
+    mapped = {f"{field.config}.{field.config_attribute}" for field in FIELDS if field.config}
+    for section, names in config_fields().items():
+        for name in names:
+            key = f"{section}.{name}"
+            assert key in mapped or key in NOT_SETTINGS, f"{key} has no setting"
+
+
+def test_every_field_has_a_tool_tip_and_distinct_group() -> None:
+    for field in FIELDS:
+        assert len(field.tool_tip) > 10, field.key
+    assert all(section.group_name.startswith("PINNTorchPlugin") for section in Section)
+
+
+def test_defaults_map_to_engine_defaults_except_gui_choices() -> None:
+    _, values = _settings()
+    config = settings_to_run_config(values, N=64)
+    assert config.model == ModelConfig(N=64)
+    assert config.training == TrainingConfig()
+    # the GUI writes no log files and prints no progress bar unless asked to
+    assert config.execution == dataclasses.replace(ExecutionConfig(), logger=LoggerKind.NONE, enable_progress_bar=False)
+
+
+run_configs = st.builds(
+    lambda gridsize, extra_k, width, act, loss, flags, epochs, batch, vfrac, groups, acc, devices, prec, det, lr, sched, warm, clip, accum, topk, monitor, mode, patience, logger, ibs, trim, pad, seed, workers, strategy, nodes: (  # noqa: E501
+        RunConfig(
+            model=ModelConfig(
+                N=64,
+                gridsize=gridsize,
+                neighbor_count=gridsize**2 - 1 + extra_k,
+                n_filters_scale=width,
+                amp_activation=act,
+                loss=loss,
+                object_big=flags[0],
+                probe_big=flags[1],
+                probe_trainable=flags[2],
+                intensity_scale_trainable=flags[3],
+            ),
+            training=TrainingConfig(epochs=epochs, batch_size=batch, validation_fraction=vfrac, n_groups=groups),
+            execution=ExecutionConfig(
+                accelerator=acc,
+                devices=devices,
+                strategy=strategy,
+                num_nodes=nodes,
+                precision=prec,
+                deterministic=det,
+                num_workers=workers,
+                pin_memory=flags[4],
+                persistent_workers=flags[5] and workers > 0,
+                prefetch_factor=2 if workers > 0 and flags[6] else None,
+                learning_rate=lr,
+                scheduler=sched,
+                warmup_epochs=warm,
+                gradient_clip_val=clip,
+                accumulate_grad_batches=accum,
+                checkpoint_save_top_k=topk,
+                checkpoint_monitor=monitor,
+                checkpoint_mode=mode,
+                early_stop_patience=patience,
+                logger=logger,
+                inference_batch_size=ibs,
+                middle_trim=trim,
+                pad_eval=pad,
+                seed=seed,
+                enable_progress_bar=flags[7],
+            ),
+        )
+    ),
+    st.integers(1, 4),
+    st.integers(0, 5),
+    st.integers(1, 16),
+    st.sampled_from(list(AmplitudeActivation)),
+    st.sampled_from(list(LossKind)),
+    st.lists(st.booleans(), min_size=8, max_size=8),
+    st.integers(1, 500),
+    st.integers(1, 512),
+    st.sampled_from([0.0, 0.1, 0.25, 0.4]),
+    st.one_of(st.none(), st.integers(1, 10_000)),
+    st.sampled_from(list(Accelerator)),
+    st.one_of(st.just("auto"), st.integers(1, 8)),
+    st.sampled_from(list(Precision)),
+    st.booleans(),
+    st.sampled_from([1e-4, 2e-3, 0.5, 1.0]),
+    st.sampled_from(list(Scheduler)),
+    st.integers(0, 10),
+    st.one_of(st.none(), st.sampled_from([0.5, 1.0, 10.0])),
+    st.integers(1, 8),
+    st.integers(-1, 5),
+    st.sampled_from([None, "val_loss", "train_loss"]),
+    st.sampled_from(list(CheckpointMode)),
+    st.one_of(st.none(), st.integers(1, 50)),
+    st.sampled_from(list(LoggerKind)),
+    st.one_of(st.none(), st.integers(1, 1024)),
+    st.integers(0, 16),
+    st.booleans(),
+    st.integers(0, 2**31),
+    st.integers(0, 8),
+    st.sampled_from(["auto", "ddp", "ddp_spawn"]),
+    st.integers(1, 4),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=run_configs, mode=st.sampled_from(list(TrainingMode)))
+def test_round_trip_every_field(config: RunConfig, mode: TrainingMode) -> None:
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, mode=mode))
+    _, values = _settings()
+    run_config_to_settings(config, values)
+    assert settings_to_run_config(values, N=64, mode=mode) == config
+
+
+def test_round_trip_through_ptychodus_ini(tmp_path: Path) -> None:
+    registry, values = _settings()
+    values["accelerator"].set_value("cpu")
+    values["batch_size"].set_value(7)
+    values["learning_rate"].set_value(0.0125)
+    values["early_stop_patience"].set_value(3)
+    values["deterministic"].set_value(True)
+    expected = settings_to_run_config(values, N=32)
+    path = tmp_path / "settings.ini"
+    registry.save_settings(path)
+    assert "[PINNTorchPluginExecution]" in path.read_text()
+    registry2, values2 = _settings()
+    registry2.open_settings(path)
+    assert settings_to_run_config(values2, N=32) == expected
+    assert expected.execution.early_stop_patience == 3 and expected.training.batch_size == 7
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("accelerator", "tpu", "accelerator"),
+        ("devices", "many", "Devices"),
+        ("scheduler", "linear", "scheduler"),
+        ("strategy", "", "strategy"),
+    ],
+)
+def test_invalid_values_name_the_field(key: str, value: object, named: str) -> None:
+    _, values = _settings()
+    values[key].set_value(value)
+    with pytest.raises(ValueError, match=named):
+        settings_to_run_config(values, N=64)
+
+
+def test_invalid_combination_is_refused() -> None:
+    _, values = _settings()
+    values["persistent_workers"].set_value(True)  # needs workers > 0
+    with pytest.raises(ValueError, match="persistent_workers"):
+        settings_to_run_config(values, N=64)
+    values["persistent_workers"].set_value(False)
+    values["gridsize"].set_value(3)
+    values["neighbor_count"].set_value(2)  # needs >= 8
+    with pytest.raises(ValueError, match="neighbor_count"):
+        settings_to_run_config(values, N=64)
+
+
+def test_device_choice_with_index() -> None:
+    assert accelerator_from_choice("cuda:1 (NVIDIA H200)") == ("cuda", 1)
+    assert accelerator_from_choice("mps (Apple GPU)") == ("mps", None)
+    assert accelerator_from_choice("auto") == ("auto", None)

@@ -31,7 +31,7 @@ from skimage.metrics import structural_similarity
 from skimage.registration import phase_cross_correlation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ptychi_runner import build_ptychi_task, run_ptychi  # noqa: E402
+from ptychi_runner import build_ptychi_task, run_ptychi
 
 MAX_SHIFT_PX = 0.5
 MIN_PHASE_SSIM = 0.8
@@ -151,32 +151,48 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     sim = simulate(args.side, args.size, args.photons, seed=7)
-    print(f"simulated {len(sim['positions'])} patterns, N={args.size}, object {sim['shape']}, "
-          f"{sim['patterns'].sum(axis=(1, 2)).mean():.3g} counts/pattern ({time.perf_counter() - started:.1f} s)")
+    print(
+        f"simulated {len(sim['positions'])} patterns, N={args.size}, object {sim['shape']}, "
+        f"{sim['patterns'].sum(axis=(1, 2)).mean():.3g} counts/pattern ({time.perf_counter() - started:.1f} s)"
+    )
 
     fm_error = forward_model_error(sim, 0.0)
     fm_error_half = forward_model_error(sim, 0.5)
-    print(f"pty-chi forward model vs our simulation: relative error {fm_error:.2e} "
-          f"(positions off by +0.5 px: {fm_error_half:.2e})")
+    print(
+        f"pty-chi forward model vs our simulation: relative error {fm_error:.2e} (positions off by +0.5 px: {fm_error_half:.2e})"
+    )
 
     region = scanned_region(sim["positions"], sim["shape"])
     truth = sim["truth"]
     out = run_ptychi(
-        sim["patterns"], sim["positions"], sim["probe"], sim["shape"],
-        method="lsqml", epochs=args.epochs, record_every=args.record_every,
-        callback_truth=lambda obj: compare(obj, truth, region), threads=args.threads, intensity_scale=1.0,
+        sim["patterns"],
+        sim["positions"],
+        sim["probe"],
+        sim["shape"],
+        method="lsqml",
+        epochs=args.epochs,
+        record_every=args.record_every,
+        callback_truth=lambda obj: compare(obj, truth, region),
+        threads=args.threads,
+        intensity_scale=1.0,
     )
     print(f"\nLSQML (Poisson, probe and positions fixed, batch {out['batch_size']}, {args.threads} threads)")
     print(f"{'epoch':>6} {'wall s':>8} {'loss':>10} {'phase SSIM':>11} {'amp SSIM':>9} {'shift px':>9}")
     for rec in out["records"]:
-        print(f"{rec['epoch']:>6} {rec['wall_s']:>8.1f} {rec['loss']:>10.4g} {rec['phase_ssim']:>11.3f} "
-              f"{rec['amplitude_ssim']:>9.3f} {rec['shift_px']:>9.3f}")
+        print(
+            f"{rec['epoch']:>6} {rec['wall_s']:>8.1f} {rec['loss']:>10.4g} {rec['phase_ssim']:>11.3f} "
+            f"{rec['amplitude_ssim']:>9.3f} {rec['shift_px']:>9.3f}"
+        )
     final = out["records"][-1]
-    print(f"\nseconds per epoch: {out['seconds_per_epoch']:.3f} (set-up {out['setup_s']:.1f} s), "
-          f"peak RSS {out['peak_rss_bytes'] / 2**20:.0f} MiB")
-    print(f"final: residual shift ({final['shift_y_px']:+.3f}, {final['shift_x_px']:+.3f}) px, "
-          f"phase SSIM {final['phase_ssim']:.3f} (flat object {final['flat_phase_ssim']:.3f}), "
-          f"amplitude SSIM {final['amplitude_ssim']:.3f}, amplitude ratio {final['amplitude_ratio']:.3f}")
+    print(
+        f"\nseconds per epoch: {out['seconds_per_epoch']:.3f} (set-up {out['setup_s']:.1f} s), "
+        f"peak RSS {out['peak_rss_bytes'] / 2**20:.0f} MiB"
+    )
+    print(
+        f"final: residual shift ({final['shift_y_px']:+.3f}, {final['shift_x_px']:+.3f}) px, "
+        f"phase SSIM {final['phase_ssim']:.3f} (flat object {final['flat_phase_ssim']:.3f}), "
+        f"amplitude SSIM {final['amplitude_ssim']:.3f}, amplitude ratio {final['amplitude_ratio']:.3f}"
+    )
 
     checks = {
         "forward model matches our simulation": fm_error < MAX_FORWARD_REL_ERROR,

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ptychodus_pinn import physics  # noqa: E402
-from ptychodus_pinn.config import ModelConfig  # noqa: E402
-from ptychodus_pinn.model import PinnModel, TrainingRecord  # noqa: E402
-from ptychodus_pinn.network import parameter_count  # noqa: E402
+from ptychodus_pinn import physics
+from ptychodus_pinn.config import ModelConfig
+from ptychodus_pinn.model import PinnModel, TrainingRecord
+from ptychodus_pinn.network import parameter_count
 
 DEFAULT_BATCH = {32: 256, 64: 256, 128: 128, 256: 32}
 
@@ -68,7 +68,9 @@ def timed_loop(step: Any, device: torch.device, min_seconds: float, min_iteratio
     return (time.perf_counter() - started) / iterations, iterations
 
 
-def bench_one(size: int, batch: int, precision: str, compiled: bool, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+def bench_one(
+    size: int, batch: int, precision: str, compiled: bool, device: torch.device, args: argparse.Namespace
+) -> dict[str, Any]:
     """Inference and training throughput of one configuration."""
     config = ModelConfig(N=size, n_filters_scale=args.n_filters_scale)
     probe = soft_disk_probe(size)
@@ -143,7 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes and batches, short timing (smoke test)")
     parser.add_argument("--sizes", type=int, nargs="+", default=None)
     parser.add_argument("--precisions", nargs="+", default=["32", "bf16-mixed"], choices=("32", "bf16-mixed"))
-    parser.add_argument("--compile", dest="compile_modes", nargs="+", default=["off", "on"], choices=("off", "on"))
+    parser.add_argument(
+        "--compile",
+        dest="compile_modes",
+        nargs="+",
+        default=None,
+        choices=("off", "on"),
+        help="eager and/or torch.compile (default: off on; --quick: off); all eager runs go first",
+    )
     parser.add_argument("--batch", type=int, default=None, help="batch size for every N (default: per-N table)")
     parser.add_argument("--n-filters-scale", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
@@ -162,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup, args.min_seconds, args.min_iterations = 1, 0.0, 1
         args.n_filters_scale = 1
         args.lightning_patterns, args.lightning_batch = 32, 16
+        args.compile_modes = args.compile_modes or ["off"]
+    args.compile_modes = args.compile_modes or ["off", "on"]
     sizes = args.sizes or [64, 128, 256]
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -184,9 +195,21 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": [],
         "errors": [],
     }
-    print(f"{'N':>4} {'batch':>5} {'precision':>10} {'compile':>7} {'infer pat/s':>12} {'train pat/s':>12} {'peak MiB':>9} {'warm-up s':>9}", flush=True)
-    for size in sizes:
-        for compile_mode in args.compile_modes:
+    print(
+        f"{'N':>4} {'batch':>5} {'precision':>10} {'compile':>7} {'infer pat/s':>12} {'train pat/s':>12} "
+        f"{'peak MiB':>9} {'warm-up s':>9}",
+        flush=True,
+    )
+
+    def save() -> None:
+        results["total_s"] = time.perf_counter() - started
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "gpu_bench.json").write_text(json.dumps(results, indent=2))
+
+    # eager first: compile warm-ups are long, so the budget cuts compiled runs, never eager ones
+    for compile_mode in args.compile_modes:
+        for size in sizes:
             for precision in args.precisions:
                 label = f"N={size} {precision} compile={compile_mode}"
                 if time.perf_counter() - started > args.budget_s:
@@ -195,11 +218,12 @@ def main(argv: list[str] | None = None) -> int:
                 batch = args.batch or DEFAULT_BATCH.get(size, 32)
                 try:
                     entry = bench_one(size, batch, precision, compile_mode == "on", device, args)
-                except Exception as error:  # noqa: BLE001 - record and go on: one run must return what it can
+                except Exception as error:
                     results["errors"].append({"config": label, "error": repr(error), "traceback": traceback.format_exc(limit=3)})
                     print(f"{label}: FAILED {error!r}", flush=True)
                     continue
                 results["entries"].append(entry)
+                save()
                 peak = entry["training"]["peak_memory_bytes"]
                 print(f"{size:>4} {batch:>5} {precision:>10} {compile_mode:>7} {entry['inference']['patterns_per_s']:>12.1f} "
                       f"{entry['training']['patterns_per_s']:>12.1f} {peak / 2**20 if peak else float('nan'):>9.0f} "
@@ -212,19 +236,20 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             try:
                 entry = bench_lightning_epoch(sizes[0] if args.quick else 64, device, precision, args)
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 results["errors"].append({"config": f"lightning {precision}", "error": repr(error)})
                 print(f"lightning {precision}: FAILED {error!r}", flush=True)
                 continue
             results["lightning"].append(entry)
-            print(f"Lightning epoch N={entry['N']} {precision}: {entry['seconds_per_epoch']:.2f} s/epoch, "
-                  f"{entry['patterns_per_s']:.0f} patterns/s (first epoch {entry['seconds_first_epoch']:.1f} s)", flush=True)  # fmt: skip
-    results["total_s"] = time.perf_counter() - started
+            save()
+            print(
+                f"Lightning epoch N={entry['N']} {precision}: {entry['seconds_per_epoch']:.2f} s/epoch, "
+                f"{entry['patterns_per_s']:.0f} patterns/s (first epoch {entry['seconds_first_epoch']:.1f} s)",
+                flush=True,
+            )
+    save()
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / "gpu_bench.json"
-        path.write_text(json.dumps(results, indent=2))
-        print(f"wrote {path}")
+        print(f"wrote {args.out / 'gpu_bench.json'}")
     return 1 if results["errors"] and not results["entries"] else 0
 
 

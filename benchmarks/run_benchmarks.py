@@ -43,16 +43,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ptychi_runner import PeakRss, run_ptychi  # noqa: E402
+from ptychi_runner import PeakRss, run_ptychi
 
-from ptychodus_pinn import physics  # noqa: E402
-from ptychodus_pinn.config import ExecutionConfig, ModelConfig, RunConfig, TrainingConfig  # noqa: E402
-from ptychodus_pinn.data import ReadOptions, Scan, load_scan  # noqa: E402
-from ptychodus_pinn.inference import reconstruct  # noqa: E402
-from ptychodus_pinn.metrics import align_to_reference, compare, frc_threshold_crossing, illuminated_box  # noqa: E402
-from ptychodus_pinn.model import PinnModel  # noqa: E402
-from ptychodus_pinn.simulate import simulate_scan  # noqa: E402
-from ptychodus_pinn.training import train  # noqa: E402
+from ptychodus_pinn import physics
+from ptychodus_pinn.config import ExecutionConfig, ModelConfig, RunConfig, TrainingConfig
+from ptychodus_pinn.data import ReadOptions, Scan, load_scan
+from ptychodus_pinn.inference import reconstruct
+from ptychodus_pinn.metrics import align_to_reference, compare, frc_threshold_crossing
+from ptychodus_pinn.model import PinnModel
+from ptychodus_pinn.simulate import simulate_scan
+from ptychodus_pinn.training import train
 
 HERE = Path(__file__).resolve().parent
 REAL_SCAN = HERE.parent.parent / "shared" / "data" / "siemens-star-small.npz.bz2"
@@ -179,8 +179,9 @@ def record_epochs(epochs: int, every: int) -> list[int]:
     return sorted({*range(every, epochs + 1, every), epochs})
 
 
-def train_pinn(scan: Scan, settings: Settings, epochs: int, workdir: Path, record_every: int | None,
-               score: Any = None) -> tuple[PinnModel, Curve]:
+def train_pinn(
+    scan: Scan, settings: Settings, epochs: int, workdir: Path, record_every: int | None, score: Any = None
+) -> tuple[PinnModel, Curve]:
     """Train self-supervised on one scan; score checkpoints every ``record_every`` epochs."""
     config = run_config(settings, scan.size_px, epochs, checkpoint_every_epoch=record_every is not None)
     checkpoint_dir = workdir / f"ckpt-{time.time_ns()}"
@@ -209,8 +210,9 @@ def train_pinn(scan: Scan, settings: Settings, epochs: int, workdir: Path, recor
     return result.model, curve
 
 
-def iterative_curve(method: str, scan: Scan, settings: Settings, epochs: int, every: int, score: Any,
-                    **kwargs: Any) -> tuple[Curve, np.ndarray]:
+def iterative_curve(
+    method: str, scan: Scan, settings: Settings, epochs: int, every: int, score: Any, **kwargs: Any
+) -> tuple[Curve, np.ndarray]:
     out = run_ptychi(
         scan.patterns, scan.positions_yx_px, scan.probe, scan.object_shape,
         method=method, epochs=epochs, record_every=every, callback_truth=score, threads=settings.threads,
@@ -261,11 +263,15 @@ def run_case(size: int, photons: float, kind: str, settings: Settings, out: Path
     model, pinn = train_pinn(scan_a, settings, settings.pinn_epochs, work, settings.pinn_record_every, score_a)
     recon_a = reconstruct(model, scan_a, execution=execution_config(settings, False))
     pinn.extra["patterns_per_s"] = recon_a.patterns_per_second
-    print(f"PINN self-supervised: {pinn.extra['seconds_per_epoch']:.2f} s/epoch, best epoch {pinn.extra['best_epoch']}", flush=True)
+    print(
+        f"PINN self-supervised: {pinn.extra['seconds_per_epoch']:.2f} s/epoch, best epoch {pinn.extra['best_epoch']}", flush=True
+    )
 
     recon_b = reconstruct(model, scan_b, execution=execution_config(settings, False))
     unseen = Curve("PINN unseen scan (inference only)")
-    unseen.records.append({"epoch": 0, "wall_s": recon_b.seconds, **quality(recon_b.object, scan_b.ground_truth, recon_b.illuminated)})
+    unseen.records.append(
+        {"epoch": 0, "wall_s": recon_b.seconds, **quality(recon_b.object, scan_b.ground_truth, recon_b.illuminated)}
+    )
     unseen.extra.update(patterns_per_s=recon_b.patterns_per_second, infer_s=recon_b.seconds)
 
     lsqml, lsqml_obj = iterative_curve("lsqml", scan_a, settings, settings.lsqml_epochs, settings.lsqml_record_every, score_a)
@@ -468,44 +474,61 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _table_row(cells: list[Any]) -> str:
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
+COLUMNS = (
+    "method", "epochs", "wall s", "time to 95 % s", "phase SSIM", "amp SSIM", "phase PSNR dB", "FRC50",
+    "flat phase SSIM", "patterns/s infer", "peak RSS MiB",
+)  # fmt: skip
+
+
 def markdown(results: dict[str, Any]) -> str:
+    """The results as markdown tables, one per case, plus the real-data table."""
     lines = [f"# Benchmark `{results['name']}`", "", f"Machine: {results['machine']['description']}", ""]
-    header = "| method | epochs | wall s | time to 95 % s | phase SSIM | amp SSIM | phase PSNR dB | FRC50 | flat phase SSIM | patterns/s infer | peak RSS MiB |"
     for case in results["cases"]:
-        lines += [f"## {case['label']}", "", header, "|" + "---|" * 11]
+        lines += [f"## {case['label']}", "", _table_row(list(COLUMNS)), "|" + "---|" * len(COLUMNS)]
         for row in case["rows"]:
             lines.append(
-                f"| {row['method']} | {_fmt(row['epochs'])} | {_fmt(row['wall_s'], 1)} | {_fmt(row['time_to_95pct_s'], 1)} | "
-                f"{_fmt(row['phase_ssim'])} | {_fmt(row['amplitude_ssim'])} | {_fmt(row['phase_psnr_db'], 1)} | "
-                f"{_fmt(row['frc50'])} | {_fmt(row['flat_phase_ssim'])} | {_fmt(row['patterns_per_s'], 1)} | {_fmt(row['peak_rss_mib'], 0)} |"
-            )
+                _table_row([
+                    row["method"], _fmt(row["epochs"]), _fmt(row["wall_s"], 1), _fmt(row["time_to_95pct_s"], 1),
+                    _fmt(row["phase_ssim"]), _fmt(row["amplitude_ssim"]), _fmt(row["phase_psnr_db"], 1), _fmt(row["frc50"]),
+                    _fmt(row["flat_phase_ssim"]), _fmt(row["patterns_per_s"], 1), _fmt(row["peak_rss_mib"], 0),
+                ])
+            )  # fmt: skip
         head = case["headline"]
         lines += [
             "",
-            f"Headline: (a) PINN time to LSQML's final phase SSIM ({_fmt(head['lsqml_final_phase_ssim'])}) ÷ LSQML's time = "
-            f"{_fmt(head['a_time_ratio'], 2)} (goal ≤ 1; PINN's best reached {_fmt(head['a_pinn_best_phase_ssim_fraction'], 2)} of it); "
-            f"(b) unseen-scan phase SSIM ÷ LSQML's on that scan = {_fmt(head['b_unseen_phase_ssim_fraction'], 2)} (goal ≥ 0.9) "
-            f"at {_fmt(head['b_speed_ratio'], 0)}× LSQML's speed (goal ≥ 100×).",
+            f"Headline: (a) PINN time to LSQML's final phase SSIM ({_fmt(head['lsqml_final_phase_ssim'])}) "
+            f"÷ LSQML's time = {_fmt(head['a_time_ratio'], 2)} (goal ≤ 1; PINN's best reached "
+            f"{_fmt(head['a_pinn_best_phase_ssim_fraction'], 2)} of it); (b) unseen-scan phase SSIM ÷ LSQML's on that "
+            f"scan = {_fmt(head['b_unseen_phase_ssim_fraction'], 2)} (goal ≥ 0.9) at {_fmt(head['b_speed_ratio'], 0)}× "
+            "LSQML's speed (goal ≥ 100×).",
             "",
         ]
     real = results.get("real")
     if real:
-        lines += [f"## Real Siemens star ({real['patterns']} patterns, N={real['N']})", "",
-                  "| method | half-scan FRC 1/7 ring (of Nyquist rings) | vs LSQML reference: FRC 1/7 ring, phase SSIM | wall s |",
-                  "|---|---|---|---|"]  # fmt: skip
         pinn, lsqml = real["pinn"], real["lsqml"]
-        lines.append(
-            f"| PINN self-supervised ({pinn['epochs']} epochs) | {_fmt(pinn['half_scan']['frc_1_7_ring'], 0)} / {pinn['half_scan']['rings_to_nyquist']} | "
-            f"{_fmt(pinn['vs_reference']['frc_1_7_ring'], 0)}, {_fmt(pinn['vs_reference']['phase_ssim_vs_reference'])} | "
-            f"{_fmt(pinn['seconds_train'] + pinn['seconds_infer'], 1)} |"
-        )
-        lines.append(
-            f"| pty-chi LSQML, probe refined ({lsqml['epochs']} epochs, per half) | {_fmt(lsqml['half_scan']['frc_1_7_ring'], 0)} / "
-            f"{lsqml['half_scan']['rings_to_nyquist']} | half 1: {_fmt(lsqml['first_half_vs_reference']['frc_1_7_ring'], 0)}, "
-            f"{_fmt(lsqml['first_half_vs_reference']['phase_ssim_vs_reference'])} | "
-            f"{_fmt(lsqml['seconds_per_epoch_half_scan'] * lsqml['epochs'], 1)} per half |"
-        )
-        lines.append("")
+        rings = pinn["half_scan"]["rings_to_nyquist"]
+        lines += [
+            f"## Real Siemens star ({real['patterns']} patterns, N={real['N']})",
+            "",
+            _table_row(["method", f"half-scan FRC 1/7 ring (of {rings})", "vs reference: FRC 1/7 ring, phase SSIM", "wall s"]),
+            "|---|---|---|---|",
+            _table_row([
+                f"PINN self-supervised ({pinn['epochs']} epochs)", _fmt(pinn["half_scan"]["frc_1_7_ring"], 0),
+                f"{_fmt(pinn['vs_reference']['frc_1_7_ring'], 0)}, {_fmt(pinn['vs_reference']['phase_ssim_vs_reference'])}",
+                _fmt(pinn["seconds_train"] + pinn["seconds_infer"], 1),
+            ]),
+            _table_row([
+                f"pty-chi LSQML, probe refined ({lsqml['epochs']} epochs per half)", _fmt(lsqml["half_scan"]["frc_1_7_ring"], 0),
+                f"half 1: {_fmt(lsqml['first_half_vs_reference']['frc_1_7_ring'], 0)}, "
+                f"{_fmt(lsqml['first_half_vs_reference']['phase_ssim_vs_reference'])}",
+                f"{_fmt(lsqml['seconds_per_epoch_half_scan'] * lsqml['epochs'], 1)} per half",
+            ]),
+            "",
+        ]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -596,7 +619,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="pinn-bench-"))
 
     started = time.perf_counter()
-    results: dict[str, Any] = {"name": name, "settings": asdict(settings), "machine": machine_description(settings.threads), "cases": []}
+    results: dict[str, Any] = {
+        "name": name,
+        "settings": asdict(settings),
+        "machine": machine_description(settings.threads),
+        "cases": [],
+    }
     if not args.no_simulated:
         for size in settings.sizes:
             for photons in settings.photons:

@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,12 +18,10 @@ from ptychodus_pinn.config import (
     ExecutionConfig,
     LoggerKind,
     LossKind,
-    ModelConfig,
     Precision,
     Preset,
     RunConfig,
     Scheduler,
-    TrainingConfig,
     TrainingMode,
     preset_configs,
     replace,
@@ -40,13 +39,16 @@ def _bool_flag(parser: argparse.ArgumentParser, name: str, help_text: str) -> No
 
 
 def _devices(value: str) -> int | str:
-    return value if value == "auto" else int(value)
+    """'auto', a count ('2') or Lightning device indices ('1,' or '0,2')."""
+    return int(value) if value.isdigit() else value
 
 
 def add_read_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("reading scans")
     _bool_flag(group, "dc-at-corner", "patterns have zero frequency at pixel (0, 0) (auto for tike-style files)")  # type: ignore[arg-type]
-    group.add_argument("--margin", type=int, default=16, help="object-grid margin (px) for files whose positions are not on a grid")
+    group.add_argument(
+        "--margin", type=int, default=16, help="object-grid margin (px) for files whose positions are not on a grid"
+    )
     group.add_argument("--crop", type=int, default=None, help="centre-crop patterns to this size (32, 64, 128, 256)")
     group.add_argument("--max-patterns", type=int, default=None, help="use only the first patterns of each file")
 
@@ -72,7 +74,9 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training")
-    group.add_argument("--preset", choices=[p.value for p in Preset], default=None, help="width/epochs preset (default: by accelerator)")
+    group.add_argument(
+        "--preset", choices=[p.value for p in Preset], default=None, help="width/epochs preset (default: by accelerator)"
+    )
     group.add_argument("--epochs", type=int, default=None)
     group.add_argument("--batch-size", type=int, default=None)
     group.add_argument("--validation-fraction", type=float, default=None)
@@ -140,7 +144,10 @@ def read_options_from(arguments: argparse.Namespace) -> Any:
     from ptychodus_pinn.data import ReadOptions
 
     return ReadOptions(
-        dc_at_corner=arguments.dc_at_corner, margin_px=arguments.margin, crop_px=arguments.crop, max_patterns=arguments.max_patterns
+        dc_at_corner=arguments.dc_at_corner,
+        margin_px=arguments.margin,
+        crop_px=arguments.crop,
+        max_patterns=arguments.max_patterns,
     )
 
 
@@ -255,7 +262,9 @@ def command_infer(arguments: argparse.Namespace) -> int:
     message = f"wrote {out / 'object.npz'} and {out / 'object.png'} ({reconstruction.patterns_per_second:.0f} patterns/s)"
     if scan.ground_truth is not None:
         metrics = compare(reconstruction.object, scan.ground_truth, reconstruction.illuminated).as_dict()
-        metrics.update(seconds_train=0.0, seconds_infer=reconstruction.seconds, patterns_per_second_infer=reconstruction.patterns_per_second)
+        metrics.update(
+            seconds_train=0.0, seconds_infer=reconstruction.seconds, patterns_per_second_infer=reconstruction.patterns_per_second
+        )
         write_json(metrics, out / "metrics.json")
         message += f"; phase SSIM {metrics['phase_ssim']:.3f} (flat object {metrics['flat_phase_ssim']:.3f})"
     print(message)
@@ -286,7 +295,17 @@ def write_json(values: dict[str, Any], path: Path) -> None:
 def command_demo(arguments: argparse.Namespace) -> int:
     from ptychodus_pinn.demo import run_demo
 
-    run_demo(Path(arguments.out), execution_config_from(arguments), quick=arguments.quick, epochs=arguments.epochs)
+    run_demo(
+        Path(arguments.out), execution_config_from(arguments), quick=arguments.quick, epochs=arguments.epochs,
+        from_scratch=arguments.from_scratch,
+    )  # fmt: skip
+    return 0
+
+
+def command_pretrain(arguments: argparse.Namespace) -> int:
+    from ptychodus_pinn.demo import run_pretraining
+
+    run_pretraining(Path(arguments.out), execution_config_from(arguments), epochs=arguments.epochs, size_px=arguments.size)
     return 0
 
 
@@ -339,8 +358,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-out", help="folder for metrics.json, demo.png, the model and scans")
     demo.add_argument("--quick", action="store_true", help="a 1-minute smoke run (small scans, few epochs)")
     demo.add_argument("--epochs", type=int, default=None, help="override the demo's epoch count")
+    demo.add_argument("--from-scratch", action="store_true", help="do not start from the shipped pretrained model")
     add_execution_arguments(demo)
     demo.set_defaults(handler=command_demo)
+
+    pretrain = commands.add_parser(
+        "pretrain", help="train the shipped starting model on simulated scans (other seeds than the demo's)"
+    )
+    pretrain.add_argument("--out", default="resources/pretrained-n64.pinn.pt")
+    pretrain.add_argument("--epochs", type=int, default=40)
+    pretrain.add_argument("--size", type=int, default=64)
+    add_execution_arguments(pretrain)
+    pretrain.set_defaults(handler=command_pretrain)
 
     gui = commands.add_parser("gui", help="start ptychodus with the plugin active")
     gui.add_argument("ptychodus_args", nargs=argparse.REMAINDER, help="arguments passed to ptychodus")
@@ -351,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     arguments = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if arguments.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if arguments.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not arguments.verbose:
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).setLevel(logging.ERROR)
@@ -361,10 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ptychodus-pinn {arguments.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (CliError, ValueError, RuntimeError, PermissionError, OSError) as error:
-        from ptychodus_pinn.training import TrainingOutOfMemoryError
-
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if isinstance(error, RuntimeError) and not isinstance(error, TrainingOutOfMemoryError) and "requested" not in first_line:
+        # "ExecutionConfig.learning_rate=-1.0 ..." -> "--learning-rate=-1.0 ..." (the flag the user typed)
+        first_line = re.sub(r"\b\w+Config\.(\w+)=", lambda m: "--" + m.group(1).replace("_", "-") + "=", first_line)
+        if type(error) is RuntimeError and "requested" not in first_line:
             raise
         print(f"ptychodus-pinn {arguments.command}: error: {first_line}", file=sys.stderr)
         return EXIT_USAGE

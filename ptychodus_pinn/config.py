@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -228,11 +229,13 @@ class ExecutionConfig:
         )
         owner = "ExecutionConfig"
         _check(
-            self.devices == "auto" or (_is_int(self.devices) and self.devices >= 1),
+            self.devices == "auto"
+            or (isinstance(self.devices, int) and not isinstance(self.devices, bool) and self.devices >= 1)
+            or (isinstance(self.devices, str) and re.fullmatch(r"\d+(,\d+)*,?", self.devices) is not None),
             owner,
             "devices",
             self.devices,
-            "'auto' or an integer >= 1",
+            "'auto', an integer >= 1 (how many), or device indices such as '1,' or '0,2'",
         )
         _check(
             isinstance(self.strategy, str) and bool(self.strategy),
@@ -322,8 +325,7 @@ class ExecutionConfig:
             "None or an integer >= 1",
         )
         _check(
-            self.inference_batch_size is None
-            or (_is_int(self.inference_batch_size) and self.inference_batch_size >= 1),
+            self.inference_batch_size is None or (_is_int(self.inference_batch_size) and self.inference_batch_size >= 1),
             owner,
             "inference_batch_size",
             self.inference_batch_size,
@@ -363,10 +365,7 @@ def replace(config: Any, **changes: Any) -> Any:
 
 def to_dict(config: Any) -> dict[str, Any]:
     """Plain, JSON-safe dictionary of a config (enums become their string values)."""
-    return {
-        key: (value.value if isinstance(value, StrEnum) else value)
-        for key, value in dataclasses.asdict(config).items()
-    }
+    return {key: (value.value if isinstance(value, StrEnum) else value) for key, value in dataclasses.asdict(config).items()}
 
 
 def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:

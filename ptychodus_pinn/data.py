@@ -8,6 +8,7 @@ wrong and how to fix it.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import io
 import json
 import math
@@ -190,6 +191,13 @@ def centred_on_grid(positions_yx_px: np.ndarray, size: int, margin_px: int) -> n
 # ---------------------------------------------------------------------------------------------- readers
 
 PTYCHODUS_KEYS = ("diff3d", "xcoords", "ycoords", "probeGuess")
+# our files say where the probe's centre pixel is; ptychodus's exports put pixel (N-1)/2 at a position
+POSITION_CONVENTION = "probe pixel N//2 at position"
+
+
+def ptychodus_position_offset_px(size: int) -> float:
+    """What to add to ptychodus object-pixel positions to put our probe pixel N//2 on them (+0.5 for even N)."""
+    return size // 2 - (size - 1) / 2
 
 
 @dataclass(frozen=True)
@@ -265,10 +273,8 @@ def _read_hdf5(path: Path) -> dict[str, Any]:
 def _scan_from_arrays(arrays: dict[str, Any], options: ReadOptions, source: str) -> Scan:
     metadata: dict[str, Any] = {"source": source}
     if "metadata" in arrays:
-        try:
+        with contextlib.suppress(ValueError, TypeError):
             metadata.update(json.loads(str(np.asarray(arrays["metadata"]).item())))
-        except (ValueError, TypeError):
-            pass
     object_guess = arrays.get("objectGuess")
     ground_truth = arrays.get("ground_truth")
     bad_pixels = arrays.get("bad_pixels")
@@ -281,7 +287,9 @@ def _scan_from_arrays(arrays: dict[str, Any], options: ReadOptions, source: str)
     elif {"patterns", "probe", "probe_position_x_px", "probe_position_y_px"} <= set(arrays):
         # ptychodus's HDF5 training-data file (save_training_data)
         patterns = np.asarray(arrays["patterns"])
-        positions = np.stack([np.asarray(arrays["probe_position_y_px"], float), np.asarray(arrays["probe_position_x_px"], float)], axis=1)
+        positions = np.stack(
+            [np.asarray(arrays["probe_position_y_px"], float), np.asarray(arrays["probe_position_x_px"], float)], axis=1
+        )
         probe = np.asarray(arrays["probe"])
         object_guess = arrays.get("object")
         if object_guess is not None:
@@ -325,13 +333,17 @@ def _scan_from_arrays(arrays: dict[str, Any], options: ReadOptions, source: str)
     if options.crop_px is not None:
         patterns, probe, bad_pixels = _centre_crop(patterns, probe, bad_pixels, options.crop_px)
     size = patterns.shape[-1]
+    from_ptychodus = metadata.get("position_convention") != POSITION_CONVENTION and "format" not in metadata
+    if from_ptychodus:
+        positions = positions + ptychodus_position_offset_px(size)
+        metadata["position_convention"] = POSITION_CONVENTION
     if not on_grid:
         positions = centred_on_grid(positions, size, options.margin_px)
         object_shape = object_shape_for(positions, size, options.margin_px)
         object_guess = None
         ground_truth = None if ground_truth is None or np.shape(ground_truth) != object_shape else ground_truth
     else:
-        object_shape = tuple(np.shape(object_guess))  # type: ignore[assignment]
+        object_shape = (int(np.shape(object_guess)[0]), int(np.shape(object_guess)[1]))  # type: ignore[arg-type]
     scan_index = arrays.get("scan_index")
     if scan_index is not None:
         metadata["scan_index_count"] = int(np.unique(scan_index).size)
@@ -339,7 +351,7 @@ def _scan_from_arrays(arrays: dict[str, Any], options: ReadOptions, source: str)
         patterns=patterns,
         positions_yx_px=positions,
         probe=probe,
-        object_shape=object_shape,  # type: ignore[arg-type]
+        object_shape=object_shape,
         bad_pixels=bad_pixels,
         object_guess=object_guess,
         ground_truth=ground_truth,
@@ -347,7 +359,9 @@ def _scan_from_arrays(arrays: dict[str, Any], options: ReadOptions, source: str)
     )
 
 
-def _centre_crop(patterns: np.ndarray, probe: np.ndarray, bad_pixels: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _centre_crop(
+    patterns: np.ndarray, probe: np.ndarray, bad_pixels: np.ndarray | None, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Crop detector frames around zero frequency and resample the probe to the new real-space pixel.
 
     Cropping the far field by a factor coarsens real-space pixels by the same factor, so the probe
@@ -379,7 +393,7 @@ def save_scan(scan: Scan, path: str | os.PathLike[str]) -> Path:
         "probeGuess": scan.probe if scan.probe.shape[0] > 1 else scan.probe[0],
         "objectGuess": scan.object_guess if scan.object_guess is not None else np.ones(scan.object_shape, np.complex64),
         "scan_index": np.zeros(scan.count, dtype=np.int64),
-        "metadata": np.asarray(json.dumps(scan.metadata, default=str)),
+        "metadata": np.asarray(json.dumps({**scan.metadata, "position_convention": POSITION_CONVENTION}, default=str)),
     }
     if scan.bad_pixels is not None:
         arrays["bad_pixels"] = scan.bad_pixels

@@ -44,16 +44,35 @@ def demo_run_config(settings: DemoSettings, execution: ExecutionConfig) -> RunCo
 
 
 def _print_table(results: dict[str, dict[str, Any]]) -> None:
-    keys = ("phase_ssim", "flat_phase_ssim", "amplitude_ssim", "phase_psnr_db", "amplitude_psnr_db", "frc50", "patterns_per_second_infer")
+    keys = (
+        "phase_ssim",
+        "flat_phase_ssim",
+        "amplitude_ssim",
+        "phase_psnr_db",
+        "amplitude_psnr_db",
+        "frc50",
+        "patterns_per_second_infer",
+    )
     print(f"{'metric':<28}" + "".join(f"{name:>14}" for name in results))
     for key in keys:
         print(f"{key:<28}" + "".join(f"{results[name][key]:>14.3f}" for name in results))
     print(f"{'seconds_train':<28}" + "".join(f"{results[name]['seconds_train']:>14.1f}" for name in results))
 
 
-def run_demo(out: Path, execution: ExecutionConfig | None = None, quick: bool = False, epochs: int | None = None) -> dict[str, Any]:
-    """Write scans, the model, metrics.json and demo.png under ``out``; print a table; return the metrics."""
+def run_demo(
+    out: Path,
+    execution: ExecutionConfig | None = None,
+    quick: bool = False,
+    epochs: int | None = None,
+    from_scratch: bool = False,
+) -> dict[str, Any]:
+    """Write scans, the model, metrics.json and demo.png under ``out``; print a table; return the metrics.
+
+    Training starts from the shipped pretrained model when one fits (trained on other simulated
+    scans, never the demo's seeds) unless ``from_scratch``.
+    """
     from ptychodus_pinn.cli import write_json, write_losses_csv
+    from ptychodus_pinn.persistence import pretrained_path
 
     settings = QUICK if quick else DemoSettings()
     if epochs is not None:
@@ -63,20 +82,33 @@ def run_demo(out: Path, execution: ExecutionConfig | None = None, quick: bool = 
     print(f"simulating two {settings.object_kind} scans: {settings.n_positions} patterns of {settings.size_px} px, "
           f"{settings.photons:.0e} photons each")  # fmt: skip
     scans = {
-        "train_scan": simulate_scan(settings.object_kind, settings.photons, settings.n_positions, settings.size_px, settings.train_seed),
-        "test_scan": simulate_scan(settings.object_kind, settings.photons, settings.n_positions, settings.size_px, settings.test_seed),
+        "train_scan": simulate_scan(
+            settings.object_kind, settings.photons, settings.n_positions, settings.size_px, settings.train_seed
+        ),
+        "test_scan": simulate_scan(
+            settings.object_kind, settings.photons, settings.n_positions, settings.size_px, settings.test_seed
+        ),
     }
     for name, scan in scans.items():
         save_scan(scan, out / f"{name}.npz")
     config = demo_run_config(settings, execution)
-    print(f"training {settings.epochs} epochs on the train scan ...")
+    initial_model = None
+    pretrained = None if from_scratch else pretrained_path(settings.size_px)
+    if pretrained is not None:
+        from ptychodus_pinn.persistence import load_model
+
+        initial_model = load_model(pretrained)
+        if initial_model.config.n_filters_scale != settings.n_filters_scale:
+            initial_model = None
+    start = f"from {pretrained.name}" if initial_model is not None and pretrained is not None else "from scratch"
+    print(f"training {settings.epochs} epochs on the train scan, {start} ...")
 
     def report(epoch: EpochReport) -> None:
         if not execution.enable_progress_bar:
             print(f"epoch {epoch.epoch}/{epoch.epochs} loss {epoch.train_loss:.4f} ({epoch.seconds:.0f} s)", flush=True)
 
     started = time.perf_counter()
-    result = train([scans["train_scan"]], config, on_epoch_end=report)
+    result = train([scans["train_scan"]], config, on_epoch_end=report, initial_model=initial_model)
     seconds_train = time.perf_counter() - started
     save_model(result.model, out / "model.pinn.pt")
     write_losses_csv(result.history, out / "model.pinn.pt.losses.csv")
@@ -101,8 +133,39 @@ def run_demo(out: Path, execution: ExecutionConfig | None = None, quick: bool = 
         rows.append((name.replace("_", " "), scan.ground_truth, full_aligned, reconstruction.illuminated, quality))
     metrics["settings"] = {key: getattr(settings, key) for key in settings.__dataclass_fields__}
     metrics["best_epoch"] = {"epoch": result.best_epoch, "epochs": len(result.history)}
+    metrics["initial_model"] = start
     write_json(metrics, out / "metrics.json")
     save_demo_png(rows, result.history, out / "demo.png")
     _print_table({name: metrics[name] for name in scans})
     print(f"wrote {out / 'metrics.json'}, {out / 'demo.png'} and {out / 'model.pinn.pt'}")
     return metrics
+
+
+PRETRAINED_SEEDS = range(100, 108)
+
+
+def pretraining_scans(size_px: int = 64, count: int = len(PRETRAINED_SEEDS)) -> list[Any]:
+    """Simulated scans of both object kinds over a range of doses, with seeds the demo never uses."""
+    scans = []
+    for index, seed in enumerate(list(PRETRAINED_SEEDS)[:count]):
+        kind = "siemens" if index % 2 == 0 else "lines"
+        photons = 10 ** (4 + 2 * (index % 4) / 3)  # 1e4 ... 1e6
+        scans.append(simulate_scan(kind, photons, 576, size_px, seed))
+    return scans
+
+
+def run_pretraining(out: Path, execution: ExecutionConfig, epochs: int = 40, size_px: int = 64) -> Path:
+    """Train the shipped starting model (resources/pretrained-n64.pinn.pt) on pretraining_scans()."""
+    model = ModelConfig(N=size_px, n_filters_scale=DemoSettings().n_filters_scale)
+    config = RunConfig(
+        model=model, training=TrainingConfig(epochs=epochs, batch_size=16, validation_fraction=0.0), execution=execution
+    )
+
+    def report(epoch: EpochReport) -> None:
+        print(f"epoch {epoch.epoch}/{epoch.epochs} loss {epoch.train_loss:.4f} ({epoch.seconds:.0f} s)", flush=True)
+
+    result = train(pretraining_scans(size_px), config, on_epoch_end=report)
+    result.model.record.extra["pretrained_on"] = f"simulate_scan seeds {PRETRAINED_SEEDS.start}..{PRETRAINED_SEEDS.stop - 1}"
+    save_model(result.model, out)
+    print(f"wrote {out}")
+    return out

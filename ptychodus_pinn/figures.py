@@ -37,7 +37,10 @@ def save_object_png(obj: np.ndarray, illuminated: np.ndarray, path: Path, title:
     plt = _pyplot()
     cropped = _crop(obj, illuminated)
     figure, axes = plt.subplots(1, 2, figsize=(9, 4.2))
-    for axis, values, label, cmap in ((axes[0], np.abs(cropped), "amplitude", "gray"), (axes[1], np.angle(cropped), "phase (rad)", "twilight")):
+    for axis, values, label, cmap in (
+        (axes[0], np.abs(cropped), "amplitude", "gray"),
+        (axes[1], np.angle(cropped), "phase (rad)", "twilight"),
+    ):
         shown = axis.imshow(values, cmap=cmap)
         axis.set_title(label)
         axis.set_axis_off()
@@ -49,7 +52,7 @@ def save_object_png(obj: np.ndarray, illuminated: np.ndarray, path: Path, title:
 
 
 def save_demo_png(
-    rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]],
+    rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]],
     history: Sequence[Any],
     path: Path,
 ) -> None:
@@ -65,7 +68,11 @@ def save_demo_png(
             (np.abs(truth_c), f"{name}: true amplitude", "gray"),
             (np.abs(estimate_c), f"PINN amplitude (SSIM {metrics['amplitude_ssim']:.2f})", "gray"),
             (np.angle(truth_c), f"{name}: true phase", "twilight"),
-            (np.angle(estimate_c), f"PINN phase (SSIM {metrics['phase_ssim']:.2f}, flat {metrics['flat_phase_ssim']:.2f})", "twilight"),
+            (
+                np.angle(estimate_c),
+                f"PINN phase (SSIM {metrics['phase_ssim']:.2f}, flat {metrics['flat_phase_ssim']:.2f})",
+                "twilight",
+            ),
         )
         for axis, (values, label, cmap) in zip(axes[index], panels, strict=True):
             axis.imshow(values, cmap=cmap)

@@ -70,10 +70,12 @@ class PinnGenerator(nn.Module):
             previous = width
         self.amplitude_head = nn.Conv2d(widths[0], channels, 1)
         self.phase_head = nn.Conv2d(widths[0], channels, 1)
-        nn.init.zeros_(self.phase_head.weight)
-        nn.init.zeros_(self.phase_head.bias)
-        nn.init.zeros_(self.amplitude_head.weight)
-        nn.init.constant_(self.amplitude_head.bias, self._amplitude_bias_for_one())
+        with torch.no_grad():
+            self.phase_head.weight.zero_()
+            self.amplitude_head.weight.zero_()
+            for bias, value in ((self.phase_head.bias, 0.0), (self.amplitude_head.bias, self._amplitude_bias_for_one())):
+                assert bias is not None
+                bias.fill_(value)
         if not config.probe_big:
             half = config.N // 4
             support = torch.zeros(config.N, config.N)
@@ -112,7 +114,8 @@ class PinnGenerator(nn.Module):
             features = decoder(torch.cat([upsampler(features), skip], dim=1))
         amplitude = self.amplitude(self.amplitude_head(features))
         phase = math.pi * torch.tanh(self.phase_head(features))
-        return torch.polar(amplitude * self.support, phase)
+        support: torch.Tensor = self.support  # type: ignore[assignment]
+        return torch.polar(amplitude * support, phase)
 
 
 def parameter_count(module: nn.Module) -> int:

@@ -111,3 +111,21 @@ def load_model(path: str | os.PathLike[str], expect: ModelConfig | None = None) 
     except RuntimeError as error:
         raise ModelFileError(f"{path}: weights do not match the stored architecture: {str(error)[:300]}") from error
     return model
+
+
+def pretrained_path(size_px: int) -> Path | None:
+    """The shipped starting model for N = size_px, from the installed package or a source checkout."""
+    name = f"pretrained-n{size_px}{MODEL_SUFFIX}"
+    package_root = Path(__file__).resolve().parent
+    for folder in (package_root / "resources", package_root.parent / "resources"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def load_pretrained(size_px: int) -> PinnModel:
+    """Load the shipped pretrained model for this pattern size (FileNotFoundError if none ships)."""
+    path = pretrained_path(size_px)
+    if path is None:
+        raise FileNotFoundError(f"no pretrained model ships for N={size_px}; train one with 'ptychodus-pinn train'")
+    return load_model(path, expect=ModelConfig(N=size_px))

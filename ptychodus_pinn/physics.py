@@ -101,7 +101,9 @@ def split_positions(positions_yx_px: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return integer, positions_yx_px - integer
 
 
-def _window_indices(centres: np.ndarray, size: int, object_shape: tuple[int, int], margin: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _window_indices(
+    centres: np.ndarray, size: int, object_shape: tuple[int, int], margin: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat object indices of (size + 2*margin)² windows around integer centres, and in-grid flags."""
     half = size // 2
     offsets = np.arange(-half - margin, size - half + margin)
@@ -122,7 +124,7 @@ def extract_patches(obj: torch.Tensor, positions_yx_px: np.ndarray, size: int) -
     Pixels outside the object grid read as 0.
     """
     integer, fraction = split_positions(positions_yx_px)
-    flat, inside = _window_indices(integer, size, tuple(obj.shape[-2:]), SHIFT_MARGIN_PX)
+    flat, inside = _window_indices(integer, size, (int(obj.shape[-2]), int(obj.shape[-1])), SHIFT_MARGIN_PX)
     flat, inside = flat.to(obj.device), inside.to(obj.device)
     windows = obj.reshape(-1)[flat] * inside
     # patch(r) = window(r + f): move content by -f
@@ -216,15 +218,15 @@ def align_patch_phases(
     scale = matrix.abs().max()
     if scale == 0:
         return patches
-    matrix = (matrix / scale).cpu().numpy()
+    normalised = (matrix / scale).cpu().numpy()
     if count <= 2000:
-        _, vectors = np.linalg.eigh(matrix)
+        _, vectors = np.linalg.eigh(normalised)
         leading = vectors[:, -1]
     else:
         from scipy.sparse import csr_matrix
         from scipy.sparse.linalg import eigsh
 
-        _, vectors = eigsh(csr_matrix(matrix), k=1, which="LA")
+        _, vectors = eigsh(csr_matrix(normalised), k=1, which="LA")
         leading = vectors[:, 0]
     phases = np.angle(leading)
     correction = torch.from_numpy(np.exp(1j * phases)).to(patches.dtype).to(patches.device)

@@ -133,7 +133,9 @@ def spatial_split(positions_yx_px: np.ndarray, validation_fraction: float) -> tu
     return training, validation
 
 
-def build_datasets(scans: Sequence[Scan], model: ModelConfig, training: TrainingConfig, seed: int) -> tuple[GroupDataset, GroupDataset | None]:
+def build_datasets(
+    scans: Sequence[Scan], model: ModelConfig, training: TrainingConfig, seed: int
+) -> tuple[GroupDataset, GroupDataset | None]:
     supervised = model.mode is TrainingMode.SUPERVISED
     train_parts: list[dict[str, torch.Tensor]] = []
     val_parts: list[dict[str, torch.Tensor]] = []
@@ -145,7 +147,9 @@ def build_datasets(scans: Sequence[Scan], model: ModelConfig, training: Training
         for indices, parts in ((train_idx, train_parts), (val_idx, val_parts)):
             if indices.size < model.channels:
                 continue
-            groups = physics.group_neighbors(scan.positions_yx_px[indices], model.gridsize, model.neighbor_count, None, seed + index)
+            groups = physics.group_neighbors(
+                scan.positions_yx_px[indices], model.gridsize, model.neighbor_count, None, seed + index
+            )
             parts.append(group_items(scan, indices[groups], constants, supervised))
     if not train_parts:
         raise ScanError(
@@ -213,7 +217,9 @@ class PinnLightningModule(pl.LightningModule):
         patches = self.model.predict_patches(batch["input"])
         config = self.model.config
         if config.object_big and config.channels > 1:
-            patches = physics.merge_group_on_canvas(patches.to(torch.complex64), batch["offsets"], self._weight(), self.canvas_pad_px)
+            patches = physics.merge_group_on_canvas(
+                patches.to(torch.complex64), batch["offsets"], self._weight(), self.canvas_pad_px
+            )
         return patches
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -225,7 +231,7 @@ class PinnLightningModule(pl.LightningModule):
             return difference.sum(dim=(-2, -1)).mean() / weight.sum()
         scale = batch["intensity_scale"][:, None, None, None]
         expected = self.model.expected_counts(patches, scale)
-        valid = self.valid_pixels
+        valid: torch.Tensor | None = self.valid_pixels  # type: ignore[assignment]
         mean_counts = batch["mean_counts"][:, None]
         if config.loss is LossKind.MAE:
             return physics.amplitude_mae(expected, batch["counts"], valid, mean_counts)
@@ -267,12 +273,16 @@ class EpochReport:
     val_loss: float | None
     learning_rate: float
     seconds: float
+    # the model as it is at this epoch's end (for previews); not a copy
+    model: PinnModel | None = field(default=None, repr=False, compare=False)
 
 
 class _ProgressAndStop(pl.Callback):
     """Reports each epoch to the caller and turns a stop request into a clean Lightning stop."""
 
-    def __init__(self, epochs: int, on_epoch_end: Callable[[EpochReport], None] | None, stop_event: threading.Event | None) -> None:
+    def __init__(
+        self, epochs: int, on_epoch_end: Callable[[EpochReport], None] | None, stop_event: threading.Event | None
+    ) -> None:
         self.epochs = epochs
         self.on_epoch_end = on_epoch_end
         self.stop_event = stop_event
@@ -296,7 +306,10 @@ class _ProgressAndStop(pl.Callback):
         train_loss = float(metrics["train_loss"]) if "train_loss" in metrics else math.nan
         val_loss = float(metrics["val_loss"]) if "val_loss" in metrics else None
         learning_rate = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else math.nan
-        report = EpochReport(trainer.current_epoch + 1, self.epochs, train_loss, val_loss, learning_rate, time.perf_counter() - self.started)
+        model = getattr(module, "model", None)
+        report = EpochReport(
+            trainer.current_epoch + 1, self.epochs, train_loss, val_loss, learning_rate, time.perf_counter() - self.started, model
+        )
         self.history.append(report)
         if self.on_epoch_end is not None and trainer.is_global_zero:
             self.on_epoch_end(report)
@@ -332,7 +345,9 @@ def trainer_arguments(
     all_callbacks: list[pl.Callback] = [checkpoint, *callbacks]
     if execution.early_stop_patience is not None:
         all_callbacks.append(
-            pl.callbacks.EarlyStopping(monitor=monitor, mode=execution.checkpoint_mode.value, patience=execution.early_stop_patience)
+            pl.callbacks.EarlyStopping(
+                monitor=monitor, mode=execution.checkpoint_mode.value, patience=execution.early_stop_patience
+            )
         )
     return {
         "accelerator": resolve_accelerator(execution.accelerator),
@@ -422,12 +437,14 @@ def train(
     else:
         model = new_model(scans, model_config, training.batch_size)
     offsets = train_set.items["offsets"]
-    canvas_pad_px = int(math.ceil(float(offsets.abs().max()))) + 2 if model_config.channels > 1 else 0
+    canvas_pad_px = math.ceil(float(offsets.abs().max())) + 2 if model_config.channels > 1 else 0
     module = PinnLightningModule(model, execution, training.epochs, canvas_pad_px, scans[0].bad_pixels)
     has_validation = val_set is not None and len(val_set) > 0
     monitor = execution.checkpoint_monitor or ("val_loss" if has_validation else "train_loss")
     if monitor == "val_loss" and not has_validation:
-        raise ValueError("checkpoint_monitor=val_loss needs a validation split; set validation_fraction > 0 or monitor train_loss")
+        raise ValueError(
+            "checkpoint_monitor=val_loss needs a validation split; set validation_fraction > 0 or monitor train_loss"
+        )
     module.monitor = monitor
     progress = _ProgressAndStop(training.epochs, on_epoch_end, stop_event)
     temporary = None
@@ -437,7 +454,11 @@ def train(
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     trainer = pl.Trainer(**trainer_arguments(execution, training, monitor, checkpoint_dir, [progress]))
     train_loader = DataLoader(train_set, **dataloader_arguments(execution, training.batch_size, shuffle=True))
-    val_loader = DataLoader(val_set, **dataloader_arguments(execution, training.batch_size, shuffle=False)) if has_validation else None
+    val_loader = (
+        DataLoader(val_set, **dataloader_arguments(execution, training.batch_size, shuffle=False))
+        if val_set is not None and has_validation
+        else None
+    )
     try:
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
         checkpoint = trainer.checkpoint_callback

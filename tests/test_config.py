@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
@@ -85,10 +86,8 @@ def test_presets_are_narrow_on_cpu_and_wide_on_gpu():
     )
 )
 def test_fuzzed_execution_configs_raise_only_value_errors(values):
-    try:
+    with contextlib.suppress(ValueError):
         ExecutionConfig(**values)
-    except ValueError:
-        pass
 
 
 @settings(max_examples=200, deadline=None)
@@ -100,7 +99,5 @@ def test_fuzzed_execution_configs_raise_only_value_errors(values):
     )
 )
 def test_fuzzed_model_configs_raise_only_value_errors(values):
-    try:
+    with contextlib.suppress(ValueError):
         ModelConfig(**values)
-    except ValueError:
-        pass

@@ -91,7 +91,8 @@ def test_ptychodus_training_data_layout_is_read(tmp_path):
     )
     loaded = load_scan(path)
     assert loaded.object_shape == scan.object_shape
-    np.testing.assert_allclose(loaded.positions_yx_px, scan.positions_yx_px)
+    # ptychodus puts probe pixel (N-1)/2 on a position, we put pixel N//2 there: half a pixel for even N
+    np.testing.assert_allclose(loaded.positions_yx_px, scan.positions_yx_px + 0.5)
     np.testing.assert_array_equal(loaded.object_guess, scan.ground_truth)
 
 
@@ -112,7 +113,12 @@ def test_tike_style_file_with_corner_dc_and_centred_positions(tmp_path):
     scan = simulate_scan("siemens", photons=1e4, n_positions=36, N=32, seed=2)
     centred = scan.positions_yx_px - scan.positions_yx_px.mean(axis=0)
     buffer = io.BytesIO()
-    np.savez(buffer, data=np.fft.ifftshift(scan.patterns, axes=(-2, -1))[None], scan=centred[None].astype(np.float32), probe=scan.probe[None, None, None] * 3)
+    np.savez(
+        buffer,
+        data=np.fft.ifftshift(scan.patterns, axes=(-2, -1))[None],
+        scan=centred[None].astype(np.float32),
+        probe=scan.probe[None, None, None] * 3,
+    )
     path = tmp_path / "real.npz.bz2"
     path.write_bytes(bz2.compress(buffer.getvalue()))
     loaded = load_scan(path, ReadOptions(margin_px=8))

@@ -83,7 +83,9 @@ def test_stitching_patches_of_a_known_object_gives_it_back():
 def test_stitching_survives_random_per_patch_phase_offsets():
     obj = torch.from_numpy(make_object("lines", (96, 96), seed=5))
     rng = np.random.default_rng(5)
-    positions = np.stack(np.meshgrid(np.arange(20, 77, 6), np.arange(20, 77, 6), indexing="ij"), -1).reshape(-1, 2) + rng.uniform(-1, 1, (100, 2))
+    positions = np.stack(np.meshgrid(np.arange(20, 77, 6), np.arange(20, 77, 6), indexing="ij"), -1).reshape(-1, 2) + rng.uniform(
+        -1, 1, (100, 2)
+    )
     patches = physics.extract_patches(obj, positions, 32)
     offsets = torch.from_numpy(np.exp(1j * rng.uniform(-np.pi, np.pi, len(positions))).astype(np.complex64))
     weight = physics.probe_weight(torch.from_numpy(soft_disk_probe(32, 8)))
@@ -141,8 +143,12 @@ def test_poisson_loss_excludes_bad_pixels_and_is_minimal_at_the_truth():
     valid[2, 3] = 0
     corrupted = measured.clone()
     corrupted[..., 2, 3] = 1e6
-    assert float(physics.poisson_nll(expected, corrupted, valid, 100.0)) == pytest.approx(float(physics.poisson_nll(expected, measured, valid, 100.0)))
-    assert float(physics.poisson_nll(expected, corrupted, None, 100.0)) != pytest.approx(float(physics.poisson_nll(expected, measured, None, 100.0)))
+    assert float(physics.poisson_nll(expected, corrupted, valid, 100.0)) == pytest.approx(
+        float(physics.poisson_nll(expected, measured, valid, 100.0))
+    )
+    assert float(physics.poisson_nll(expected, corrupted, None, 100.0)) != pytest.approx(
+        float(physics.poisson_nll(expected, measured, None, 100.0))
+    )
     at_truth = physics.poisson_nll(expected, expected, None, 100.0)
     assert float(at_truth) < float(physics.poisson_nll(expected * 1.2, expected, None, 100.0))
     assert float(at_truth) < float(physics.poisson_nll(expected * 0.8, expected, None, 100.0))

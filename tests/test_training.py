@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -55,9 +56,12 @@ def test_trainer_arguments_carry_every_execution_field(tmp_path):
     assert checkpoint.save_top_k == 3 and checkpoint.mode == "max" and checkpoint.monitor == "train_loss"
     stopping = next(c for c in arguments["callbacks"] if isinstance(c, pl.callbacks.EarlyStopping))
     assert stopping.patience == 5 and stopping.monitor == "train_loss"
-    assert trainer_arguments(ExecutionConfig(accelerator="cpu", deterministic=False, logger="none"), TrainingConfig(), "x", tmp_path, [])[
-        "deterministic"
-    ] is False
+    assert (
+        trainer_arguments(
+            ExecutionConfig(accelerator="cpu", deterministic=False, logger="none"), TrainingConfig(), "x", tmp_path, []
+        )["deterministic"]
+        is False
+    )
 
 
 def test_dataloader_arguments_carry_worker_settings():
@@ -86,7 +90,7 @@ def test_every_scheduler_changes_the_learning_rate_over_epochs(scheduler, small_
     if scheduler is Scheduler.CONSTANT:
         assert rates == [pytest.approx(1e-3)] * 6
     elif scheduler is Scheduler.EXPONENTIAL:
-        assert all(later < earlier for earlier, later in zip(rates, rates[1:], strict=False))
+        assert all(later < earlier for earlier, later in itertools.pairwise(rates))
     elif scheduler is Scheduler.COSINE:
         assert rates[1] > rates[0] and rates[-1] < max(rates)
     else:

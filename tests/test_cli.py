@@ -1,0 +1,115 @@
+"""The command line: file contracts, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ptychodus_pinn.cli import main
+
+FAST = ["--accelerator", "cpu", "--epochs", "1", "--logger", "none", "--no-progress-bar", "--n-filters-scale", "1"]
+
+
+@pytest.fixture(scope="module")
+def cli_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli run")
+    scan = folder / "scan ü.npz"
+    assert main(["simulate", "--out", str(scan), "--size", "32", "--n-positions", "100", "--photons", "1e4", "--seed", "4"]) == 0
+    model = folder / "model.pinn.pt"
+    assert main(["train", "--data", str(scan), "--out", str(model), *FAST]) == 0
+    return folder, scan, model
+
+
+def test_train_writes_model_losses_and_checkpoints(cli_model):
+    folder, _, model = cli_model
+    assert model.exists()
+    losses = (folder / "model.pinn.pt.losses.csv").read_text().splitlines()
+    assert losses[0].startswith("epoch,train_loss") and len(losses) == 2
+    assert (folder / "model.pinn.pt.checkpoints" / "last.ckpt").exists()
+
+
+def test_infer_writes_object_on_the_input_grid_png_and_metrics(cli_model):
+    folder, scan, model = cli_model
+    out = folder / "out dir"
+    assert main(["infer", "--model", str(model), "--data", str(scan), "--out", str(out), "--accelerator", "cpu"]) == 0
+    with np.load(out / "object.npz") as archive:
+        obj = archive["object"]
+    with np.load(scan) as archive:
+        assert obj.shape == archive["objectGuess"].shape
+    assert obj.dtype == np.complex64
+    assert (out / "object.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("phase_ssim", "amplitude_ssim", "phase_psnr_db", "amplitude_psnr_db", "frc50", "seconds_train", "seconds_infer",
+                "patterns_per_second_infer", "flat_phase_ssim"):  # fmt: skip
+        assert key in metrics
+    assert main(["reconstruct", "--model", str(model), "--data", str(scan), "--out", str(out), "--accelerator", "cpu"]) == 0
+
+
+def test_missing_files_exit_2_with_one_line(cli_model, capsys):
+    folder, scan, _model = cli_model
+    assert main(["infer", "--model", str(folder / "nope.pinn.pt"), "--data", str(scan), "--out", str(folder)]) == 2
+    assert main(["train", "--data", str(folder / "missing.npz"), "--out", str(folder / "m.pinn.pt")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 2 and all("not found" in line for line in error)
+
+
+def test_invalid_values_name_the_flag(cli_model, capsys):
+    _, scan, _ = cli_model
+    assert main(["train", "--data", str(scan), "--out", "x.pinn.pt", "--learning-rate", "-1", "--accelerator", "cpu"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--learning-rate=-1.0" in error and "\n" not in error
+    assert main(["train", "--data", str(scan), "--out", "x.pinn.pt", "--gridsize", "9", "--accelerator", "cpu"]) == 2
+    assert "--gridsize=9" in capsys.readouterr().err
+
+
+def test_directory_without_scans_is_refused(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m.pinn.pt"), *FAST]) == 2
+    assert "holds no scan files" in capsys.readouterr().err
+
+
+def test_model_for_another_n_is_refused_at_infer(cli_model, tmp_path, capsys):
+    _, _, model = cli_model
+    scan64 = tmp_path / "scan64.npz"
+    main(["simulate", "--out", str(scan64), "--size", "64", "--n-positions", "16"])
+    assert (
+        main(["infer", "--model", str(model), "--data", str(scan64), "--out", str(tmp_path / "o"), "--accelerator", "cpu"]) == 2
+    )
+    assert "trained for N=32" in capsys.readouterr().err
+
+
+def test_demo_quick_writes_metrics_for_both_scans_and_a_figure(tmp_path):
+    assert main(["demo", "--out", str(tmp_path), "--quick", "--accelerator", "cpu", "--no-progress-bar"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for scan in ("train_scan", "test_scan"):
+        assert {"phase_ssim", "amplitude_ssim", "frc50", "seconds_train", "patterns_per_second_infer"} <= set(metrics[scan])
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+
+
+def test_engine_imports_neither_ptychodus_nor_qt():
+    code = (
+        "import sys, ptychodus_pinn.cli, ptychodus_pinn.training, ptychodus_pinn.inference, ptychodus_pinn.persistence, "
+        "ptychodus_pinn.demo, ptychodus_pinn.simulate, ptychodus_pinn.metrics, ptychodus_pinn.figures;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('ptychodus', 'PyQt5')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_gives_the_same_model_format(cli_model, tmp_path):
+    import torch
+
+    _, scan, single = cli_model
+    out = tmp_path / "ddp.pinn.pt"
+    command = [sys.executable, "-m", "ptychodus_pinn.cli", "train", "--data", str(scan), "--out", str(out), *FAST,
+               "--devices", "2", "--strategy", "ddp"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    one, two = torch.load(single, weights_only=True), torch.load(out, weights_only=True)
+    assert one.keys() == two.keys() and one["model_config"] == two["model_config"]
+    assert {k: v.shape for k, v in one["state_dict"].items()} == {k: v.shape for k, v in two["state_dict"].items()}

@@ -77,7 +77,8 @@ def simulate(n_side: int, size: int, photons: float, seed: int) -> dict[str, Any
     positions = np.stack([rows, cols], axis=1) * step_px + rng.uniform(-0.25, 0.25, (n_side * n_side, 2)) * step_px
     margin = 4
     positions = positions - positions.min(axis=0) + size // 2 + margin
-    shape = tuple(int(v) for v in np.ceil(positions.max(axis=0)) + size - size // 2 + margin)
+    extent = np.ceil(positions.max(axis=0)).astype(int) + size - size // 2 + margin
+    shape = (int(extent[0]), int(extent[1]))
     offsets = np.arange(size) - size // 2
     patch_rows = positions[:, 0, None, None] + offsets[None, :, None]
     patch_cols = positions[:, 1, None, None] + offsets[None, None, :]

@@ -120,7 +120,7 @@ def bench_one(
 
 def bench_lightning_epoch(size: int, device: torch.device, precision: str, args: argparse.Namespace) -> dict[str, Any]:
     """One end-to-end Lightning epoch (data loading, grouping, logging) on a simulated scan."""
-    from ptychodus_pinn.config import ExecutionConfig, RunConfig, TrainingConfig
+    from ptychodus_pinn.config import Accelerator, ExecutionConfig, LoggerKind, Precision, RunConfig, TrainingConfig
     from ptychodus_pinn.simulate import simulate_scan
     from ptychodus_pinn.training import train
 
@@ -129,8 +129,9 @@ def bench_lightning_epoch(size: int, device: torch.device, precision: str, args:
     config = RunConfig(
         model=ModelConfig(N=size, n_filters_scale=args.n_filters_scale),
         training=TrainingConfig(epochs=epochs, batch_size=args.lightning_batch, validation_fraction=0.0),
-        execution=ExecutionConfig(accelerator="gpu" if device.type == "cuda" else "cpu", precision=precision,
-                                  logger="none", enable_progress_bar=False),
+        execution=ExecutionConfig(accelerator=Accelerator.GPU if device.type == "cuda" else Accelerator.CPU,
+            precision=Precision(precision),
+            logger=LoggerKind.NONE, enable_progress_bar=False),
     )  # fmt: skip
     result = train([scan], config)
     first, last = result.history[0].seconds, result.history[-1].seconds

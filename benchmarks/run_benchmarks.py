@@ -43,10 +43,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ptychi_runner import PeakRss, run_ptychi
+from ptychi_runner import Method, PeakRss, run_ptychi
 
 from ptychodus_pinn import physics
-from ptychodus_pinn.config import ExecutionConfig, ModelConfig, RunConfig, TrainingConfig
+from ptychodus_pinn.config import Accelerator, ExecutionConfig, LoggerKind, ModelConfig, RunConfig, TrainingConfig
 from ptychodus_pinn.data import ReadOptions, Scan, load_scan
 from ptychodus_pinn.inference import reconstruct
 from ptychodus_pinn.metrics import align_to_reference, compare, frc_threshold_crossing
@@ -145,9 +145,9 @@ def quality(obj: np.ndarray, truth: np.ndarray, illuminated: np.ndarray) -> dict
 
 def execution_config(settings: Settings, checkpoint_every_epoch: bool) -> ExecutionConfig:
     return ExecutionConfig(
-        accelerator=settings.accelerator,
+        accelerator=Accelerator(settings.accelerator),
         learning_rate=settings.learning_rate,
-        logger="none",
+        logger=LoggerKind.NONE,
         enable_progress_bar=False,
         checkpoint_save_top_k=-1 if checkpoint_every_epoch else 1,
         seed=0,
@@ -211,7 +211,7 @@ def train_pinn(
 
 
 def iterative_curve(
-    method: str, scan: Scan, settings: Settings, epochs: int, every: int, score: Any, **kwargs: Any
+    method: Method, scan: Scan, settings: Settings, epochs: int, every: int, score: Any, **kwargs: Any
 ) -> tuple[Curve, np.ndarray]:
     out = run_ptychi(
         scan.patterns, scan.positions_yx_px, scan.probe, scan.object_shape,
@@ -543,7 +543,7 @@ def machine_description(threads: int) -> dict[str, Any]:
         pass
     import importlib.metadata as md
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("torch", "ptychi", "lightning", "numpy", "scikit-image"):
         try:
             versions[dist] = md.version(dist)

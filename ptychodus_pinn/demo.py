@@ -133,7 +133,7 @@ def run_demo(
         rows.append((name.replace("_", " "), scan.ground_truth, full_aligned, reconstruction.illuminated, quality))
     metrics["settings"] = {key: getattr(settings, key) for key in settings.__dataclass_fields__}
     metrics["best_epoch"] = {"epoch": result.best_epoch, "epochs": len(result.history)}
-    metrics["initial_model"] = start
+    metrics["initial_model"] = {"start": start}
     write_json(metrics, out / "metrics.json")
     save_demo_png(rows, result.history, out / "demo.png")
     _print_table({name: metrics[name] for name in scans})

@@ -33,7 +33,7 @@ import json, logging, sys
 from ptychodus.model import ModelCore
 model = ModelCore(log_level=logging.WARNING)
 import ptychodus_pinn
-print(json.dumps({
+print("RESULT", json.dumps({
     "keys": sorted(k for k in model.workflow_api.available_reconstructors() if "pytorch" in k),
     "torch": "torch" in sys.modules,
     "package": ptychodus_pinn.__file__,
@@ -53,7 +53,7 @@ def check():
     for window in app.topLevelWidgets():
         for combo in window.findChildren(QComboBox):
             items |= {combo.itemText(i) for i in range(combo.count())}
-    print(json.dumps(sorted(item for item in items if "pytorch" in item)), flush=True)
+    print("RESULT", json.dumps(sorted(item for item in items if "pytorch" in item)), flush=True)
     app.exit(0)
 
 original_exec = QApplication.exec
@@ -77,7 +77,8 @@ def _run(python: Path, code: str, cwd: Path) -> str:
     env.pop("PYTHONPATH", None)
     out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=180, cwd=cwd, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout.strip().splitlines()[-1]
+    (line,) = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]  # ptychodus prints too
+    return line.removeprefix("RESULT ")
 
 
 def test_wheel_is_discovered_by_plain_ptychodus(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,7 @@ def forward_model_error(sim: dict[str, Any], offset_px: float) -> float:
         predicted = task.reconstructor.forward_model.forward(torch.arange(len(positions))).cpu().numpy()
     predicted = np.fft.fftshift(predicted, axes=(-2, -1))
     expected = sim["expected"]
-    torch.set_default_device("cpu")
+    torch.set_default_device("cpu")  # pty-chi sets a process-wide default device
     return float(np.linalg.norm(predicted - expected) / np.linalg.norm(expected))
 
 
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message=".*requires_grad=True to a scalar")
 
     started = time.perf_counter()
     sim = simulate(args.side, args.size, args.photons, seed=7)

@@ -210,6 +210,8 @@ def run_ptychi(
     if use_gpu:
         torch.cuda.reset_peak_memory_stats()
 
+    if intensity_scale is None:
+        intensity_scale = intensity_scale_from_data(np.asarray(patterns), np.asarray(probe))
     records: list[dict[str, Any]] = []
     with warnings.catch_warnings(), PeakRss() as rss:
         # pty-chi 2.2 converts a grad-carrying loss to float each epoch; the warning is noise here.
@@ -268,8 +270,10 @@ def run_ptychi(
         "noise_model": noise_model if method == "lsqml" else "gaussian",
         "batch_size": task.reconstructor_options.batch_size,
     }
+    result["intensity_scale"] = intensity_scale
     if probe_optimizable:
-        result["probe"] = task.get_data_to_cpu("probe", as_numpy=True)[0]
+        refined = task.get_data_to_cpu("probe", as_numpy=True)[0]
+        result["probe"] = (refined * (refined.shape[-1] / math.sqrt(intensity_scale))).astype(np.complex64)
     if use_gpu:
         result["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated())
     torch.set_default_device("cpu")

@@ -206,7 +206,8 @@ class ReadOptions:
 
     ``dc_at_corner``: patterns have zero frequency at pixel (0, 0) (fftshift them).
     ``margin_px``: when positions are not on a grid (e.g. centred on zero), shift them onto a new
-    grid with this margin around the scan. ``crop_px``: centre-crop patterns (and probe) to this size.
+    grid with this margin around the scan. ``crop_px``: centre-crop patterns (and the probe's far field) to
+    this size; real-space pixels grow by N/crop, so positions are rescaled onto a new grid.
     ``max_patterns``: keep only the first patterns (quick tests).
     """
 
@@ -271,6 +272,19 @@ def _read_hdf5(path: Path) -> dict[str, Any]:
 
 
 def _scan_from_arrays(arrays: dict[str, Any], options: ReadOptions, source: str) -> Scan:
+    """Interpret a file's arrays; malformed ones (wrong ranks, empty, mismatched) become ScanError."""
+    try:
+        return _parse_arrays(arrays, options, source)
+    except ScanError:
+        raise
+    except (ValueError, IndexError, TypeError, KeyError) as error:
+        raise ScanError(
+            f"{source}: the arrays do not form a scan ({error}); expected counts (M, N, N), M positions per axis "
+            "and a (N, N) or (modes, N, N) probe"
+        ) from error
+
+
+def _parse_arrays(arrays: dict[str, Any], options: ReadOptions, source: str) -> Scan:
     metadata: dict[str, Any] = {"source": source}
     if "metadata" in arrays:
         with contextlib.suppress(ValueError, TypeError):
@@ -330,8 +344,11 @@ def _scan_from_arrays(arrays: dict[str, Any], options: ReadOptions, source: str)
         patterns = np.fft.fftshift(patterns, axes=(-2, -1))
         if bad_pixels is not None:
             bad_pixels = np.fft.fftshift(bad_pixels)
-    if options.crop_px is not None:
+    if options.crop_px is not None and options.crop_px != patterns.shape[-1]:
+        # a smaller far-field window means coarser real-space pixels: positions shrink by the same factor
+        positions = positions * (options.crop_px / patterns.shape[-1])
         patterns, probe, bad_pixels = _centre_crop(patterns, probe, bad_pixels, options.crop_px)
+        on_grid = False
     size = patterns.shape[-1]
     from_ptychodus = metadata.get("position_convention") != POSITION_CONVENTION and "format" not in metadata
     if from_ptychodus:

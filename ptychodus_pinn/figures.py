@@ -33,9 +33,14 @@ def _save(figure: Any, path: Path) -> None:
 
 
 def save_object_png(obj: np.ndarray, illuminated: np.ndarray, path: Path, title: str = "") -> None:
-    """Amplitude and phase of a reconstruction, cropped to the illuminated region."""
+    """Amplitude and phase of a reconstruction, cropped to the illuminated region.
+
+    The phase is shown with its dominant ramp and offset removed (an ambiguity, not structure).
+    """
+    from ptychodus_pinn.metrics import flatten_phase
+
     plt = _pyplot()
-    cropped = _crop(obj, illuminated)
+    cropped = _crop(flatten_phase(obj, illuminated), illuminated)
     figure, axes = plt.subplots(1, 2, figsize=(9, 4.2))
     for axis, values, label, cmap in (
         (axes[0], np.abs(cropped), "amplitude", "gray"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -12,7 +13,9 @@ from ptychodus_pinn import physics
 from ptychodus_pinn.config import ExecutionConfig
 from ptychodus_pinn.data import Scan, ScanError
 from ptychodus_pinn.model import PinnModel, input_normalization_for
-from ptychodus_pinn.training import torch_device
+from ptychodus_pinn.training import is_out_of_memory, torch_device
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,10 +47,23 @@ def predict_patches(model: PinnModel, scan: Scan, batch_size: int, device: torch
     normalization = input_normalization_for(scan.mean_total_counts, scan.size_px)
     model.eval().to(device)
     outputs = []
-    for start in range(0, groups.shape[0], batch_size):
+    start = 0
+    while start < groups.shape[0]:
         batch = torch.from_numpy(scan.patterns[groups[start : start + batch_size]]).to(device)
-        patches = model.predict_patches(torch.sqrt(batch) * normalization)
+        try:
+            patches = model.predict_patches(torch.sqrt(batch) * normalization)
+        except Exception as error:
+            # out of memory: halve the batch and carry on, down to one pattern at a time
+            if not is_out_of_memory(error) or batch_size == 1:
+                raise
+            del batch
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            batch_size //= 2
+            logger.warning("out of memory during inference; inference batch size lowered to %d", batch_size)
+            continue
         outputs.append(patches[:, 0].to(torch.complex64).cpu())
+        start += batch_size
     return torch.cat(outputs)
 
 

@@ -52,6 +52,18 @@ def remove_phase_ramp_and_offset(estimate: np.ndarray, reference: np.ndarray, we
     return estimate * ramp * np.exp(-1j * offset)
 
 
+def flatten_phase(obj: np.ndarray, illuminated: np.ndarray) -> np.ndarray:
+    """Remove the dominant linear phase (ramp and offset) over the illuminated region, for display.
+
+    A phase ramp is an ambiguity of the reconstruction (a shift of the diffraction pattern
+    relative to the probe guess); without a reference, the best linear phase is the one that
+    maximises |Σ obj · e^{-i(k·r + c)}| over lit pixels.
+    """
+    weight = illuminated.astype(np.float64)
+    flat = np.where(illuminated, obj, 0)
+    return np.where(illuminated, remove_phase_ramp_and_offset(flat, np.ones_like(flat), weight), obj)
+
+
 def frc_threshold_crossing(first: np.ndarray, second: np.ndarray, threshold: float = 0.5) -> float:
     """Spatial frequency (fraction of Nyquist, 1 = finest) where the FRC first drops below threshold."""
     size = min(first.shape)

@@ -29,6 +29,7 @@ from ptychodus_pinn.config import (
     Scheduler,
     TrainingConfig,
     TrainingMode,
+    replace,
 )
 from ptychodus_pinn.data import Scan, ScanError
 from ptychodus_pinn.model import PinnModel, TrainingRecord, input_normalization_for
@@ -408,6 +409,17 @@ def check_model_fits(model: PinnModel, config: ModelConfig) -> None:
             )
 
 
+class TrainingOutOfMemoryError(RuntimeError):
+    """The accelerator ran out of memory even at the smallest batch tried."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+OOM_RETRIES = 2
+
+
 def train(
     scans: Sequence[Scan],
     config: RunConfig,
@@ -422,8 +434,49 @@ def train(
 
     ``stop_event`` ends training after the current batch and still returns the best model so
     far. ``checkpoint_dir`` keeps Lightning checkpoints (``last.ckpt`` resumes a killed run via
-    ``resume_from``); without it they live in a temporary folder.
+    ``resume_from``); without it they live in a temporary folder. When the accelerator runs out
+    of memory the run restarts with half the batch (twice at most), then stops with a message
+    that names the settings to lower.
     """
+    batch_size = config.training.batch_size
+    for attempt in range(OOM_RETRIES + 1):
+        attempt_config = RunConfig(config.model, replace(config.training, batch_size=batch_size), config.execution)
+        try:
+            result = _train_once(
+                scans,
+                attempt_config,
+                initial_model,
+                on_epoch_end,
+                stop_event,
+                checkpoint_dir,
+                resume_from if attempt == 0 else None,
+            )
+            result.extra["batch_size"] = batch_size
+            return result
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if batch_size == 1 or attempt == OOM_RETRIES:
+                raise TrainingOutOfMemoryError(
+                    f"the accelerator ran out of memory at batch_size={batch_size}; lower the batch size (--batch-size), "
+                    "the network width (--n-filters-scale) or use --precision bf16-mixed"
+                ) from error
+            logger.warning("out of memory at batch_size=%d; retrying with batch_size=%d", batch_size, batch_size // 2)
+            batch_size //= 2
+    raise AssertionError("unreachable")
+
+
+def _train_once(
+    scans: Sequence[Scan],
+    config: RunConfig,
+    initial_model: PinnModel | None,
+    on_epoch_end: Callable[[EpochReport], None] | None,
+    stop_event: threading.Event | None,
+    checkpoint_dir: Path | None,
+    resume_from: Path | None,
+) -> TrainResult:
     if not scans:
         raise ScanError("no scans to train on")
     started = time.perf_counter()

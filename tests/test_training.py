@@ -240,3 +240,43 @@ def test_scan_of_another_size_is_refused(small_scan):
 
 def test_training_module_never_imports_qt_or_ptychodus():
     assert training.pl is pl
+
+
+def _inject_out_of_memory(monkeypatch, above_batch: int) -> list[int]:
+    seen: list[int] = []
+    original = training.PinnLightningModule.training_step
+
+    def step(self, batch, batch_index):
+        seen.append(len(batch["counts"]))
+        if len(batch["counts"]) > above_batch:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, batch, batch_index)
+
+    monkeypatch.setattr(training.PinnLightningModule, "training_step", step)
+    return seen
+
+
+def test_out_of_memory_retries_with_a_smaller_batch(monkeypatch, small_scan):
+    seen = _inject_out_of_memory(monkeypatch, above_batch=8)
+    result = train([small_scan], run_config(epochs=1))
+    assert result.extra["batch_size"] == 8 and max(seen[1:]) <= 8
+
+
+def test_out_of_memory_at_every_batch_stops_with_the_setting_to_lower(monkeypatch, small_scan):
+    _inject_out_of_memory(monkeypatch, above_batch=0)
+    with pytest.raises(training.TrainingOutOfMemoryError, match=r"batch_size=4; lower the batch size \(--batch-size\)"):
+        train([small_scan], run_config(epochs=1))
+
+
+def test_out_of_memory_during_inference_lowers_the_batch(monkeypatch, trained_small, small_scan):
+    generator = trained_small.model.generator
+    original = type(generator).forward
+
+    def forward(self, amplitudes):
+        if amplitudes.shape[0] > 20:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return original(self, amplitudes)
+
+    monkeypatch.setattr(type(generator), "forward", forward)
+    result = reconstruct(trained_small.model, small_scan, execution=ExecutionConfig(accelerator="cpu", inference_batch_size=64))
+    assert np.isfinite(result.object).all()

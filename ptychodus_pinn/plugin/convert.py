@@ -126,9 +126,37 @@ def reconstruct_input_to_scan(parameters: ReconstructInput, *, with_object: bool
         raise ConversionError(message) from error
 
 
-def losses_from_history(history: Sequence[Any]) -> list[LossValue]:
-    """Training losses per epoch in ptychodus's form (shown in its loss plot)."""
-    return [LossValue(epoch=int(report.epoch), value=float(report.train_loss)) for report in history]
+SMALLEST_SHOWN_LOSS = 1e-9
+_FLOOR_CHUNK = 256  # patterns per step, so large scans are not copied to float64 at once
+
+
+def poisson_loss_floor(scan: Any, epsilon: float = 1e-6) -> float:
+    """The engine's Poisson loss for a perfect fit (expected = measured counts) on ``scan``.
+
+    The engine's loss, Σ(I − k log I) per pattern over the mean counts per pattern, is negative for
+    real counts, and ptychodus plots losses on a log axis, where negative values vanish. The plugin
+    shows loss − floor instead: half the Poisson deviance on the same scale, ≥ 0, 0 for a perfect fit.
+    ``epsilon`` is the engine's ``physics.EPSILON_COUNTS``.
+    """
+    valid = None if scan.bad_pixels is None else ~np.asarray(scan.bad_pixels, bool)
+    total = 0.0
+    for start in range(0, scan.count, _FLOOR_CHUNK):
+        counts = np.asarray(scan.patterns[start : start + _FLOOR_CHUNK], np.float64)
+        per_pixel = counts - counts * np.log(counts + epsilon)
+        if valid is not None:
+            per_pixel = per_pixel * valid
+        total += float(per_pixel.sum())
+    return total / scan.count / scan.mean_total_counts
+
+
+def shown_loss(value: float, floor: float = 0.0) -> float:
+    """A loss as ptychodus plots it: above the floor, and positive for its log axis."""
+    return max(float(value) - floor, SMALLEST_SHOWN_LOSS) if math.isfinite(value) else float(value)
+
+
+def losses_from_history(history: Sequence[Any], floor: float = 0.0) -> list[LossValue]:
+    """Training losses per epoch in ptychodus's form (shown in its loss plot), less ``floor``."""
+    return [LossValue(epoch=int(report.epoch), value=shown_loss(report.train_loss, floor)) for report in history]
 
 
 def output_product(

@@ -37,7 +37,7 @@ from ptychodus.api.settings import SettingsRegistry
 
 from ptychodus_pinn.config import TrainingMode
 
-from .convert import losses_from_history, output_product, reconstruct_input_to_scan
+from .convert import losses_from_history, output_product, poisson_loss_floor, reconstruct_input_to_scan, shown_loss
 from .runner import DoneEvent, EpochEvent, ErrorEvent, TrainingRun, release_device_memory
 from .settings import PluginSettings, plugin_option, settings_to_run_config
 
@@ -174,8 +174,13 @@ def _pretrained_model(size_px: int) -> Any | None:
         return None
     try:
         return finder(size_px)
-    except Exception:
-        logger.info("No usable pretrained model for N=%d", size_px, exc_info=True)
+    except FileNotFoundError:
+        logger.info("No pretrained model ships for N=%d: training from scratch", size_px)
+        return None
+    except Exception as error:
+        logger.warning(
+            "The pretrained model for N=%d is unusable (%s: %s): training from scratch", size_px, type(error).__name__, error
+        )
         return None
 
 
@@ -196,6 +201,16 @@ def _preview(model: Any, scan: Any, execution: Any) -> Any:
         return reconstruct(model, scan, execution=execution)
     finally:
         model.train(was_training)
+
+
+def _loss_floor(scan: Any, config: Any) -> float:
+    """What ptychodus's loss plot subtracts: the Poisson loss of a perfect fit (see ``poisson_loss_floor``)."""
+    from ptychodus_pinn.config import LossKind
+    from ptychodus_pinn.physics import EPSILON_COUNTS
+
+    if config.model.mode is not TrainingMode.PINN or config.model.loss is not LossKind.POISSON:
+        return 0.0
+    return poisson_loss_floor(scan, EPSILON_COUNTS)
 
 
 def _report(error: BaseException, action: str) -> None:
@@ -287,6 +302,7 @@ class SelfSupervisedReconstructor(_PinnReconstructorBase, Reconstructor):
             goal - 1,
             f", starting from {library.model_slot.source}" if initial is not None else "",
         )
+        floor = _loss_floor(scan, config)
         losses: list[LossValue] = list()
         last_yield_s = time.monotonic()
         preview_interval_s = float(plugin_option(values, "preview_interval_s"))
@@ -300,7 +316,7 @@ class SelfSupervisedReconstructor(_PinnReconstructorBase, Reconstructor):
             if isinstance(event, DoneEvent):
                 result = event.result
                 break
-            losses.append(LossValue(int(event.report.epoch), float(event.report.train_loss)))
+            losses.append(LossValue(int(event.report.epoch), shown_loss(event.report.train_loss, floor)))
             progress = int(event.report.epoch)  # EpochReport.epoch counts from 1
             attached = library.report_progress(progress, goal)
             now_s = time.monotonic()
@@ -316,9 +332,14 @@ class SelfSupervisedReconstructor(_PinnReconstructorBase, Reconstructor):
         if result is None:
             return
         model = result.model
-        recon = reconstruct(model, scan, execution=config.execution)
-        model = release_device_memory(model)
+        # loaded before the final inference, so Save Model works at once (after Stop too)
         library.model_slot.set(model, f"self-supervised on {parameters.product.metadata.name}")
+        if result.stopped:
+            logger.info("Stopped: the best model so far (epoch %d) is loaded; reconstructing with it", result.best_epoch)
+        try:
+            recon = reconstruct(model, scan, execution=config.execution)
+        finally:
+            release_device_memory(model)  # nn.Module.to moves it in place
         logger.info(
             "Reconstructed in %.1f s training (best epoch %d%s) + %.2f s inference (%.0f patterns/s)",
             result.seconds,
@@ -332,7 +353,7 @@ class SelfSupervisedReconstructor(_PinnReconstructorBase, Reconstructor):
                 parameters,
                 recon.object,
                 illuminated=recon.illuminated,
-                losses=losses_from_history(result.history),
+                losses=losses_from_history(result.history, floor),
                 fill_with_input=fill,
             ),
             progress=goal,

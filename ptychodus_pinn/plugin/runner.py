@@ -56,6 +56,7 @@ class TrainingRun:
         preview_interval_s: float = 10.0,
     ) -> None:
         self.stop_event = threading.Event()
+        self._finished = threading.Event()  # training returned or raised
         self._scans = list(scans)
         self._config = config
         self._initial_model = initial_model
@@ -83,8 +84,10 @@ class TrainingRun:
                     stop_event=self.stop_event,
                     checkpoint_dir=Path(checkpoint_dir),
                 )
+            self._finished.set()
             self._events.put(DoneEvent(result))
         except BaseException as error:
+            self._finished.set()
             self._events.put(ErrorEvent(error))
 
     def _on_epoch_end(self, report: Any) -> None:
@@ -126,7 +129,8 @@ class TrainingRun:
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop and wait for the worker (generator closed by ptychodus, or an error)."""
-        self.request_stop()
+        if not self._finished.is_set():
+            self.request_stop()  # ptychodus's Stop (GeneratorExit) or an error on the generator's side
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout_s)
             if self._thread.is_alive():

@@ -14,6 +14,8 @@ tool tips say so.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -39,6 +41,8 @@ from ptychodus_pinn.config import (
 )
 
 GROUP_PREFIX = "PINNTorchPlugin"
+
+logger = logging.getLogger(__name__)
 
 
 class Section(StrEnum):
@@ -493,8 +497,9 @@ FIELDS: tuple[Field, ...] = (
         "preview_interval_s",
         "Preview Interval [s]:",
         Kind.REAL,
-        10.0,
-        "Seconds between object previews while training (each preview costs the GUI ~0.65 s).",
+        15.0,
+        "Seconds between object previews while training (each preview costs ptychodus's GUI ~0.65 s; "
+        "15 s keeps the GUI busy well under 10 % of a run).",
         minimum=1.0,
     ),
     Field(
@@ -551,6 +556,7 @@ class PluginSettings(Observable, Observer):
                     )
                 case Kind.CHOICE | Kind.TEXT:
                     parameter = group.create_string_parameter(field.key, str(field.default))
+            parameter.set_value_from_string = _FileValueReader(field, parameter)  # type: ignore[method-assign,assignment]
             self.parameters[field.key] = parameter
 
     def __getitem__(self, key: str) -> Parameter[Any]:
@@ -566,6 +572,81 @@ class PluginSettings(Observable, Observer):
 
     def _update(self, observable: Observable) -> None:
         self.notify_observers()
+
+
+class _FileValueReader:
+    """Reads one parameter from ptychodus's ``.ini`` file without ever raising.
+
+    ptychodus calls ``set_value_from_string`` for every key of a settings file while ``ModelCore``
+    starts, and its own parameters raise on text they cannot parse, which aborts start-up. For our
+    groups, a value that cannot be parsed or is not one of the choices is refused (the current value
+    is kept) and an out-of-range number is clamped; both with a warning naming the key and the fix.
+    """
+
+    def __init__(self, field: Field, parameter: Parameter[Any]) -> None:
+        self._field = field
+        self._parameter = parameter
+
+    def __call__(self, text: str) -> None:
+        field = self._field
+        where = f"settings file [{field.section.group_name}] {field.key} = {text!r}"
+        try:
+            value = parse_setting(field, text)
+        except ValueError as error:
+            logger.warning("%s refused (%s); keeping %r", where, error, self._parameter.get_value())
+            return
+        clamped = clamp_setting(field, value)
+        if clamped != value:
+            logger.warning("%s is outside [%s, %s]; using %r", where, field.minimum, field.maximum, clamped)
+        self._parameter.set_value(clamped)
+
+
+def parse_setting(field: Field, text: str) -> Any:
+    """A setting's value from its text in a settings file; ``ValueError`` says what is expected."""
+    text = str(text).strip()
+    match field.kind:
+        case Kind.BOOL:
+            lowered = text.lower()
+            if lowered in ("1", "true", "t", "yes", "y", "on"):
+                return True
+            if lowered in ("0", "false", "f", "no", "n", "off", ""):
+                return False
+            raise ValueError("expected true or false")
+        case Kind.INT:
+            try:
+                return int(text)
+            except ValueError:
+                raise ValueError("expected a whole number") from None
+        case Kind.REAL:
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError("expected a number") from None
+            if not math.isfinite(value):
+                raise ValueError("expected a finite number")
+            return value
+        case Kind.CHOICE:
+            if field.key == "accelerator":
+                if accelerator_from_choice(text)[0] not in ACCELERATOR_CHOICES:
+                    raise ValueError(f"expected one of {', '.join(ACCELERATOR_CHOICES)} (or e.g. cuda:0)")
+                return text
+            if text not in field.choices:
+                raise ValueError(f"expected one of {', '.join(field.choices)}")
+            return text
+        case _:
+            _to_config_value(field, text)  # e.g. Devices: 'auto' or a number
+            return text
+
+
+def clamp_setting(field: Field, value: Any) -> Any:
+    """A number limited to the field's range (other kinds unchanged)."""
+    if field.kind not in (Kind.INT, Kind.REAL):
+        return value
+    if field.minimum is not None and value < field.minimum:
+        value = field.minimum
+    if field.maximum is not None and value > field.maximum:
+        value = field.maximum
+    return int(value) if field.kind is Kind.INT else float(value)
 
 
 # ------------------------------------------------------------------------------------------ mapping

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ptychodus.api.assemble import AssembledDiffractionData
 from ptychodus.api.constants import energy_eV_to_wavelength_m
 from ptychodus.api.geometry import PixelGeometry
+from ptychodus.api.io import save_diffraction_data
 from ptychodus.api.object import Object, ObjectCenter
 from ptychodus.api.probe import ProbeSequence
 from ptychodus.api.probe_positions import ProbePosition, ProbePositionSequence
 from ptychodus.api.product import Product, ProductMetadata
 from ptychodus.api.reconstruct import ReconstructInput
+from ptychodus.api.simulate.diffraction import generate_diffraction_data
+
+from ptychodus_pinn.simulate import simulate_scan
 
 PHOTON_ENERGY_EV = 10_000.0
 DETECTOR_DISTANCE_M = 2.0
 DETECTOR_PIXEL_M = 75e-6
 CENTER_X_M, CENTER_Y_M = 3e-6, -2e-6  # off zero, so a sign or centre error would show
+PHOTONS_PER_PATTERN = 1e5
 
 
 def pixel_size_m(size_px: int) -> float:
@@ -58,3 +65,39 @@ def product_from_scan(scan: Any, *, object_array: np.ndarray | None = None, name
 def reconstruct_input_from_scan(scan: Any, **kwargs: Any) -> ReconstructInput:
     bad = scan.bad_pixels if scan.bad_pixels is not None else np.zeros((scan.size_px, scan.size_px), bool)
     return ReconstructInput(scan.patterns, bad, product_from_scan(scan, **kwargs))
+
+
+def load_ptychodus_simulated_scan(model: Any, folder: Path, *, n_positions: int = 256, seed: int = 0) -> tuple[Any, Any]:
+    """A scan whose patterns ptychodus itself simulates from a product holding the true object.
+
+    ``model`` is a ptychodus ModelCore; the diffraction file is written to ``folder``. Returns the
+    product handle to reconstruct (object guess = ones, same geometry) and the truth scan.
+    """
+    truth = simulate_scan("siemens", photons=PHOTONS_PER_PATTERN, n_positions=n_positions, N=32, seed=seed)
+    clean = generate_diffraction_data(product_from_scan(truth, object_array=truth.ground_truth), rng=None)
+    expected = clean.get_patterns().astype(np.float64)
+    expected *= PHOTONS_PER_PATTERN / expected.sum(axis=(1, 2)).mean()
+    counts = np.random.default_rng(seed).poisson(expected).astype(np.float32)
+    data = AssembledDiffractionData(
+        clean.get_indexes(),
+        counts,
+        PixelGeometry(DETECTOR_PIXEL_M, DETECTOR_PIXEL_M),
+        np.zeros(counts.shape[-2:], bool),
+    )
+    path = Path(folder) / "diffraction.h5"
+    save_diffraction_data(path, data)
+    diffraction = model.workflow_api.load_assembled_diffraction_data(path)
+    product = model.workflow_api.register_product(product_from_scan(truth, name="sim"), diffraction=diffraction)
+    width_m = product.get_product().object_.get_pixel_geometry().width_m
+    if not np.isclose(width_m, pixel_size_m(32), rtol=1e-6):
+        raise AssertionError(f"ptychodus changed the object pixel size to {width_m} m")
+    return product, truth
+
+
+def illuminated_mask(truth: Any) -> np.ndarray:
+    """The object region inside the scan's bounding box of positions (where quality is scored)."""
+    mask = np.zeros(truth.object_shape, bool)
+    lo = np.floor(truth.positions_yx_px.min(axis=0)).astype(int)
+    hi = np.ceil(truth.positions_yx_px.max(axis=0)).astype(int)
+    mask[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1] = True
+    return mask

@@ -67,6 +67,19 @@ sys.exit(ptychodus.__main__.main())
 """
 
 
+SKIPPED_NAMES = {".git", "build", "dist", "__pycache__", ".hypothesis", "tests", "docs", "benchmarks", "lightning_logs"}
+
+
+def _not_sources(folder: str, names: list[str]) -> set[str]:
+    """Names copytree leaves out: build outputs, caches, virtual environments (CI puts one in .venv)."""
+    skipped = set()
+    for name in names:
+        path = Path(folder) / name
+        if name in SKIPPED_NAMES or name.endswith((".egg-info", "_cache", ".png")) or (path / "pyvenv.cfg").exists():
+            skipped.add(name)
+    return skipped
+
+
 def _site_packages(python: Path) -> Path:
     purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     return Path(subprocess.check_output([str(python), "-c", purelib], text=True).strip())
@@ -89,9 +102,12 @@ def test_wheel_is_discovered_by_plain_ptychodus(tmp_path: Path) -> None:
         pytest.skip("setuptools is not installed in the test environment (the wheel is built offline without it)")
     import ptychodus
 
+    # build from a clean copy: a stale build/ folder in the checkout must not leak into the wheel
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=_not_sources)
     dist = tmp_path / "dist"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--no-index", "-q", "-w", str(dist), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--no-index", "-q", "-w", str(dist), source],
         capture_output=True,
         text=True,
         timeout=300,

@@ -9,50 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pinn_scene import pixel_size_m, product_from_scan
-from ptychodus.api.assemble import AssembledDiffractionData
-from ptychodus.api.geometry import PixelGeometry
-from ptychodus.api.io import save_diffraction_data
-from ptychodus.api.simulate.diffraction import generate_diffraction_data
+from pinn_scene import illuminated_mask, load_ptychodus_simulated_scan
 
 from ptychodus_pinn.metrics import compare
-from ptychodus_pinn.simulate import simulate_scan
 
 RECONSTRUCT = "ptychopinn (pytorch)_reconstruct"
 TRAIN_INFER = "ptychopinn (pytorch)_train+infer"
-PHOTONS_PER_PATTERN = 1e5
-
-
-def load_ptychodus_simulated_scan(model: Any, tmp_path: Path, *, n_positions: int = 256, seed: int = 0) -> tuple[Any, Any]:
-    """A scan whose patterns ptychodus itself simulates from a product holding the true object.
-
-    Returns the product handle to reconstruct (object guess = ones, same geometry) and the truth scan.
-    """
-    truth = simulate_scan("siemens", photons=PHOTONS_PER_PATTERN, n_positions=n_positions, N=32, seed=seed)
-    clean = generate_diffraction_data(product_from_scan(truth, object_array=truth.ground_truth), rng=None)
-    expected = clean.get_patterns().astype(np.float64)
-    expected *= PHOTONS_PER_PATTERN / expected.sum(axis=(1, 2)).mean()
-    counts = np.random.default_rng(seed).poisson(expected).astype(np.float32)
-    data = AssembledDiffractionData(
-        clean.get_indexes(),
-        counts,
-        PixelGeometry(75e-6, 75e-6),
-        np.zeros(counts.shape[-2:], bool),
-    )
-    path = tmp_path / "diffraction.h5"
-    save_diffraction_data(path, data)
-    diffraction = model.workflow_api.load_assembled_diffraction_data(path)
-    product = model.workflow_api.register_product(product_from_scan(truth, name="sim"), diffraction=diffraction)
-    assert product.get_product().object_.get_pixel_geometry().width_m == pytest.approx(pixel_size_m(32))
-    return product, truth
-
-
-def illuminated_mask(truth: Any) -> np.ndarray:
-    mask = np.zeros(truth.object_shape, bool)
-    lo = np.floor(truth.positions_yx_px.min(axis=0)).astype(int)
-    hi = np.ceil(truth.positions_yx_px.max(axis=0)).astype(int)
-    mask[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1] = True
-    return mask
 
 
 def configure(library: Any, **values: Any) -> None:
@@ -74,6 +36,7 @@ def test_one_click_reconstruct_lands_on_truth(model_core: Any, library: Any, tmp
     assert obj.get_geometry() == source.get_geometry()  # overlays the truth in ptychodus
     assert len(result.losses) == 30
     assert result.losses[-1].value < result.losses[0].value
+    assert all(loss.value > 0 for loss in result.losses)  # ptychodus plots them on a log axis
     quality = compare(obj.get_layer(0), truth.ground_truth, illuminated_mask(truth))
     print(f"one-click: {seconds:.1f} s, {quality.as_dict()}")
     assert max(abs(s) for s in quality.shift_yx_px) < 0.5
@@ -82,9 +45,32 @@ def test_one_click_reconstruct_lands_on_truth(model_core: Any, library: Any, tmp
 
 
 @pytest.mark.slow
-def test_stop_keeps_best_result_quickly(model_core: Any, library: Any, tmp_path: Path) -> None:
+def test_stop_mid_training_returns_within_2s_with_a_saveable_best_model(
+    model_core: Any, library: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stop → training ends and the best model is loaded (saveable) within 2 s; the run ends after one inference.
+
+    The final product is the best model's reconstruction, so the run itself ends one inference later;
+    that inference's duration is measured and allowed on top (it is the fast path, but a loaded
+    2-core CI machine can stretch it past a second).
+    """
+    import ptychodus_pinn.inference as inference
+
     product, _ = load_ptychodus_simulated_scan(model_core, tmp_path, n_positions=128)
-    configure(library, epochs=200)
+    configure(library, epochs=200, warm_start=False)
+    model_loaded_at: list[float] = []
+    library.model_slot.observers.append(lambda: model_loaded_at.append(time.monotonic()))
+    inference_s: list[float] = []
+    real_reconstruct = inference.reconstruct
+
+    def timed_reconstruct(*args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        try:
+            return real_reconstruct(*args, **kwargs)
+        finally:
+            inference_s.append(time.monotonic() - started)
+
+    monkeypatch.setattr(inference, "reconstruct", timed_reconstruct)
     processing = model_core.processing_core.processing_api
     monitor = processing.task_monitor
     snapshot = monitor.get_completed_runs()
@@ -97,12 +83,19 @@ def test_stop_keeps_best_result_quickly(model_core: Any, library: Any, tmp_path:
     assert monitor.wait_for_completion_after(snapshot, timeout=60)
     latency_s = time.monotonic() - stop_at
     model_core.run_tasks()  # assign the final product (the GUI timer does this)
-    print(f"stop latency {latency_s:.2f} s")
-    assert latency_s < 2.0
+    model_latency_s = model_loaded_at[-1] - stop_at
+    print(f"stop latency {latency_s:.2f} s (model loaded after {model_latency_s:.2f} s, inference {inference_s[-1]:.2f} s)")
+    assert model_latency_s < 2.0
+    assert latency_s < 2.0 + inference_s[-1]
     monitor.raise_if_failed()
     result = model_core.workflow_api.get_product(output_index).get_product()
     assert 1 <= len(result.losses) < 200
     assert not np.allclose(result.object_.get_layer(0), 1.0)  # the best model's reconstruction, not the guess
+    saved = tmp_path / "after stop.pinn.pt"
+    library.save_model(saved)  # the best model so far can be saved ...
+    library.model_slot.set(None, "")
+    library.load_model(saved)  # ... and loaded again
+    assert library.model_slot.get() is not None
 
 
 @pytest.mark.slow

@@ -304,7 +304,7 @@ def main() -> int:
     parser.add_argument("--offscreen", action="store_true", help="use Qt's offscreen platform instead of Xvfb")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--positions", type=int, default=256)
-    parser.add_argument("--preview-interval", type=float, default=15.0, help="seconds between object previews (the default setting)")
+    parser.add_argument("--preview-interval", type=float, default=15.0, help="seconds between previews")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("PINN_TEST_THREADS", "1")))
     parser.add_argument("--window", type=int, nargs=2, default=(1440, 900), metavar=("W", "H"))
     parser.add_argument("--no-stop", dest="stop", action="store_false", help="skip the Stop-latency run")

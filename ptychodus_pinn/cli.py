@@ -383,9 +383,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if arguments.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    if not arguments.verbose:
-        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+    if not arguments.verbose and arguments.command in ("train", "demo", "pretrain"):
+        from ptychodus_pinn.training import quiet_lightning
+
+        quiet_lightning()
     try:
         return int(arguments.handler(arguments))
     except FileNotFoundError as error:

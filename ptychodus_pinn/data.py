@@ -452,6 +452,10 @@ def atomic_write(path: Path, write: Any) -> None:
     temporary = Path(temporary_name)
     try:
         write(temporary)
+        # mkstemp makes the file private (0600); give it the permissions a plain open() would
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -69,18 +69,23 @@ def save_demo_png(
     figure, axes = plt.subplots(len(rows) + 1, 4, figsize=(13, 3.3 * (len(rows) + 1)))
     for index, (name, truth, estimate, illuminated, metrics) in enumerate(rows):
         truth_c, estimate_c = _crop(truth, illuminated), _crop(estimate, illuminated)
+        truth_amplitude, truth_phase = np.abs(truth_c), np.angle(truth_c)
+        amplitude_range = (float(truth_amplitude.min()), float(truth_amplitude.max()))
+        phase_range = (float(truth_phase.min()), float(truth_phase.max()))
+        # truth and reconstruction share one colour scale (and a non-cyclic map) so they compare by eye
         panels = (
-            (np.abs(truth_c), f"{name}: true amplitude", "gray"),
-            (np.abs(estimate_c), f"PINN amplitude (SSIM {metrics['amplitude_ssim']:.2f})", "gray"),
-            (np.angle(truth_c), f"{name}: true phase", "twilight"),
+            (truth_amplitude, f"{name}: true amplitude", "gray", amplitude_range),
+            (np.abs(estimate_c), f"PINN amplitude (SSIM {metrics['amplitude_ssim']:.2f})", "gray", amplitude_range),
+            (truth_phase, f"{name}: true phase", "viridis", phase_range),
             (
                 np.angle(estimate_c),
                 f"PINN phase (SSIM {metrics['phase_ssim']:.2f}, flat {metrics['flat_phase_ssim']:.2f})",
-                "twilight",
+                "viridis",
+                phase_range,
             ),
         )
-        for axis, (values, label, cmap) in zip(axes[index], panels, strict=True):
-            axis.imshow(values, cmap=cmap)
+        for axis, (values, label, cmap, (low, high)) in zip(axes[index], panels, strict=True):
+            axis.imshow(values, cmap=cmap, vmin=low, vmax=high)
             axis.set_title(label, fontsize=9)
             axis.set_axis_off()
     loss_axis = axes[-1][0]

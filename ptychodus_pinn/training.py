@@ -8,6 +8,7 @@ import math
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,23 @@ from ptychodus_pinn.data import Scan, ScanError
 from ptychodus_pinn.model import PinnModel, TrainingRecord, input_normalization_for
 
 logger = logging.getLogger(__name__)
+
+# Lightning's advice that does not apply here (we pass no val loader on purpose, log per epoch, and
+# checkpoint into our own folders); silenced so real warnings stand out
+for _message in (
+    r".*validation_step.*no `val_dataloader`.*",
+    r".*smaller than the logging interval.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+    r".*LeafSpec.*is deprecated.*",
+    r".*does not have many workers.*",
+):
+    warnings.filterwarnings("ignore", message=_message)
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up banner (GPU available, tips) out of the user's console."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 # ------------------------------------------------------------------------------------------- devices

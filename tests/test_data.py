@@ -174,3 +174,14 @@ def test_failed_write_leaves_previous_file_intact(tmp_path, monkeypatch):
         save_scan(scan, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["scan.npz"]
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    scan = simulate_scan("siemens", photons=1e4, n_positions=16, N=32, seed=2)
+    path = save_scan(scan, tmp_path / "scan.npz")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

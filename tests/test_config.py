@@ -30,7 +30,7 @@ from ptychodus_pinn.config import (
         (ExecutionConfig, "logger", "wandb", "csv, tensorboard, mlflow, none"),
         (ExecutionConfig, "learning_rate", -1.0, "(0, 1]"),
         (ExecutionConfig, "num_workers", -2, ">= 0"),
-        (ExecutionConfig, "devices", 0, "'auto' or an integer"),
+        (ExecutionConfig, "devices", 0, "'auto', an integer >= 1"),
         (ExecutionConfig, "checkpoint_monitor", "accuracy", "val_loss"),
         (ExecutionConfig, "inference_batch_size", 0, "integer >= 1"),
         (ModelConfig, "N", 100, "crop or bin"),

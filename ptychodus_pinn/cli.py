@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import logging
 import re
 import sys
@@ -26,6 +24,7 @@ from ptychodus_pinn.config import (
     preset_configs,
     replace,
 )
+from ptychodus_pinn.outputs import save_reconstruction, write_json, write_losses_csv
 
 EXIT_USAGE = 2
 
@@ -199,20 +198,6 @@ def command_simulate(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def write_losses_csv(history: Sequence[Any], path: Path) -> None:
-    from ptychodus_pinn.data import atomic_write
-
-    def write(temporary: Path) -> None:
-        with open(temporary, "w", newline="") as stream:
-            writer = csv.writer(stream)
-            writer.writerow(["epoch", "train_loss", "val_loss", "learning_rate", "seconds"])
-            for report in history:
-                writer.writerow([report.epoch, report.train_loss, "" if report.val_loss is None else report.val_loss,
-                                 report.learning_rate, f"{report.seconds:.3f}"])  # fmt: skip
-
-    atomic_write(path, write)
-
-
 def command_train(arguments: argparse.Namespace) -> int:
     from ptychodus_pinn.data import load_scan
     from ptychodus_pinn.persistence import load_model, save_model
@@ -269,27 +254,6 @@ def command_infer(arguments: argparse.Namespace) -> int:
         message += f"; phase SSIM {metrics['phase_ssim']:.3f} (flat object {metrics['flat_phase_ssim']:.3f})"
     print(message)
     return 0
-
-
-def save_reconstruction(reconstruction: Any, path: Path) -> None:
-    import numpy as np
-
-    from ptychodus_pinn.data import atomic_write
-
-    def write(temporary: Path) -> None:
-        with open(temporary, "wb") as stream:
-            np.savez(stream, object=reconstruction.object.astype(np.complex64), illuminated=reconstruction.illuminated)
-
-    atomic_write(path, write)
-
-
-def write_json(values: dict[str, Any], path: Path) -> None:
-    from ptychodus_pinn.data import atomic_write
-
-    def write(temporary: Path) -> None:
-        temporary.write_text(json.dumps(values, indent=2) + "\n")
-
-    atomic_write(path, write)
 
 
 def command_demo(arguments: argparse.Namespace) -> int:

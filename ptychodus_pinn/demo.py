@@ -13,8 +13,9 @@ from ptychodus_pinn.config import ExecutionConfig, ModelConfig, RunConfig, Train
 from ptychodus_pinn.data import save_scan
 from ptychodus_pinn.figures import save_demo_png
 from ptychodus_pinn.inference import reconstruct
-from ptychodus_pinn.metrics import align_to_reference, compare
-from ptychodus_pinn.persistence import save_model
+from ptychodus_pinn.metrics import align_to_reference, compare, illuminated_box
+from ptychodus_pinn.outputs import write_json, write_losses_csv
+from ptychodus_pinn.persistence import load_model, pretrained_path, save_model
 from ptychodus_pinn.simulate import simulate_scan
 from ptychodus_pinn.training import EpochReport, train
 
@@ -71,8 +72,6 @@ def run_demo(
     Training starts from the shipped pretrained model when one fits (trained on other simulated
     scans, never the demo's seeds) unless ``from_scratch``.
     """
-    from ptychodus_pinn.cli import write_json, write_losses_csv
-    from ptychodus_pinn.persistence import pretrained_path
 
     settings = QUICK if quick else DemoSettings()
     if epochs is not None:
@@ -95,8 +94,6 @@ def run_demo(
     initial_model = None
     pretrained = None if from_scratch else pretrained_path(settings.size_px)
     if pretrained is not None:
-        from ptychodus_pinn.persistence import load_model
-
         initial_model = load_model(pretrained)
         if initial_model.config.n_filters_scale != settings.n_filters_scale:
             initial_model = None
@@ -126,8 +123,6 @@ def run_demo(
         metrics[name] = quality
         full_aligned = np.zeros_like(scan.ground_truth)
         aligned, _, _ = align_to_reference(reconstruction.object, scan.ground_truth, reconstruction.illuminated, erode_px=0)
-        from ptychodus_pinn.metrics import illuminated_box
-
         rows_slice, cols_slice = illuminated_box(reconstruction.illuminated)
         full_aligned[rows_slice, cols_slice] = aligned
         rows.append((name.replace("_", " "), scan.ground_truth, full_aligned, reconstruction.illuminated, quality))

@@ -67,8 +67,9 @@ def flatten_phase(obj: np.ndarray, illuminated: np.ndarray) -> np.ndarray:
 def frc_threshold_crossing(first: np.ndarray, second: np.ndarray, threshold: float = 0.5) -> float:
     """Spatial frequency (fraction of Nyquist, 1 = finest) where the FRC first drops below threshold."""
     size = min(first.shape)
-    first = first[:size, :size]
-    second = second[:size, :size]
+    top, left = (first.shape[0] - size) // 2, (first.shape[1] - size) // 2
+    first = first[top : top + size, left : left + size]
+    second = second[top : top + size, left : left + size]
     window = np.outer(np.hanning(size), np.hanning(size))
     f1 = np.fft.fftshift(np.fft.fft2(first * window))
     f2 = np.fft.fftshift(np.fft.fft2(second * window))

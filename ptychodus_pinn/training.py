@@ -536,9 +536,9 @@ def _train_once(
         best_path = getattr(checkpoint, "best_model_path", "") or None
         best_epoch = len(progress.history)
         if best_path and Path(best_path).exists():
-            state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-            module.load_state_dict(state)
-            best_epoch = int(torch.load(best_path, map_location="cpu", weights_only=True)["epoch"]) + 1
+            best = torch.load(best_path, map_location="cpu", weights_only=True)
+            module.load_state_dict(best["state_dict"])
+            best_epoch = int(best["epoch"]) + 1
         module.model.record.epochs_trained = len(progress.history)
         module.model.to("cpu")
         return TrainResult(

@@ -269,7 +269,9 @@ def command_demo(arguments: argparse.Namespace) -> int:
 def command_pretrain(arguments: argparse.Namespace) -> int:
     from ptychodus_pinn.demo import run_pretraining
 
-    run_pretraining(Path(arguments.out), execution_config_from(arguments), epochs=arguments.epochs, size_px=arguments.size)
+    # the shipped model was trained at learning rate 3e-3 (the other settings are the defaults)
+    execution = replace(execution_config_from(arguments), learning_rate=arguments.learning_rate)
+    run_pretraining(Path(arguments.out), execution, epochs=arguments.epochs, size_px=arguments.size)
     return 0
 
 
@@ -332,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--out", default="resources/pretrained-n64.pinn.pt")
     pretrain.add_argument("--epochs", type=int, default=40)
     pretrain.add_argument("--size", type=int, default=64)
+    pretrain.add_argument("--learning-rate", type=float, default=3e-3)
     add_execution_arguments(pretrain)
     pretrain.set_defaults(handler=command_pretrain)
 

@@ -503,10 +503,9 @@ def _train_once(
     train_set, val_set = build_datasets(scans, model_config, training, execution.seed)
     if initial_model is not None:
         check_model_fits(initial_model, model_config)
-        model = PinnModel(model_config, scans[0].probe, new_model(scans, model_config, training.batch_size).record)
+    model = new_model(scans, model_config, training.batch_size)
+    if initial_model is not None:
         model.generator.load_state_dict(initial_model.generator.state_dict())
-    else:
-        model = new_model(scans, model_config, training.batch_size)
     offsets = train_set.items["offsets"]
     canvas_pad_px = math.ceil(float(offsets.abs().max())) + 2 if model_config.channels > 1 else 0
     module = PinnLightningModule(model, execution, training.epochs, canvas_pad_px, scans[0].bad_pixels)

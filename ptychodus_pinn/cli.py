@@ -363,8 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         # "ExecutionConfig.learning_rate=-1.0 ..." -> "--learning-rate=-1.0 ..." (the flag the user typed)
         first_line = re.sub(r"\b\w+Config\.(\w+)=", lambda m: "--" + m.group(1).replace("_", "-") + "=", first_line)
-        if type(error) is RuntimeError and "requested" not in first_line:
-            raise
+        from ptychodus_pinn.training import AcceleratorUnavailableError, TrainingOutOfMemoryError
+
+        if isinstance(error, RuntimeError) and not isinstance(error, (AcceleratorUnavailableError, TrainingOutOfMemoryError)):
+            raise  # a bug, not a user error: keep the traceback
         print(f"ptychodus-pinn {arguments.command}: error: {first_line}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -58,6 +58,10 @@ def quiet_lightning() -> None:
 # ------------------------------------------------------------------------------------------- devices
 
 
+class AcceleratorUnavailableError(RuntimeError):
+    """The accelerator asked for is not visible to torch (never fall back to the CPU silently)."""
+
+
 def resolve_accelerator(accelerator: Accelerator | str) -> str:
     """Lightning accelerator name for a request; a GPU asked for and absent is an error, never CPU."""
     accelerator = Accelerator(accelerator)
@@ -66,13 +70,15 @@ def resolve_accelerator(accelerator: Accelerator | str) -> str:
     if accelerator is Accelerator.AUTO:
         return "cuda" if cuda else "mps" if mps else "cpu"
     if accelerator in (Accelerator.GPU, Accelerator.CUDA) and not cuda:
-        raise RuntimeError(
+        raise AcceleratorUnavailableError(
             f"accelerator={accelerator.value} was requested but torch sees no CUDA GPU "
             f"(torch {torch.__version__}, torch.cuda.is_available() is False); install a CUDA build of torch "
             "or choose accelerator cpu"
         )
     if accelerator is Accelerator.MPS and not mps:
-        raise RuntimeError("accelerator=mps was requested but torch sees no Apple GPU; choose accelerator cpu or auto")
+        raise AcceleratorUnavailableError(
+            "accelerator=mps was requested but torch sees no Apple GPU; choose accelerator cpu or auto"
+        )
     return "cuda" if accelerator is Accelerator.GPU else accelerator.value
 
 

@@ -47,7 +47,7 @@ from ptychi_runner import Method, PeakRss, run_ptychi
 
 from ptychodus_pinn import physics
 from ptychodus_pinn.config import Accelerator, ExecutionConfig, LoggerKind, ModelConfig, RunConfig, TrainingConfig
-from ptychodus_pinn.data import ReadOptions, Scan, load_scan
+from ptychodus_pinn.data import ReadOptions, Scan, atomic_write, load_scan
 from ptychodus_pinn.inference import reconstruct
 from ptychodus_pinn.metrics import align_to_reference, compare, frc_threshold_crossing
 from ptychodus_pinn.model import PinnModel
@@ -559,7 +559,6 @@ def grid_summary(cases: list[dict[str, Any]]) -> list[str]:
     for case in cases:
         rows = {row["method"]: row for row in case["rows"]}
         head = case["headline"]
-
         lines.append(
             _table_row([
                 case["label"], *(_quality_cell(rows[m]) for m in ("pty-chi LSQML", "pty-chi ePIE", "PINN self-supervised")),
@@ -616,10 +615,7 @@ def _jsonable(value: Any) -> Any:
 def write_results(results: dict[str, Any], out: Path, name: str) -> None:
     """JSON and markdown, each replaced atomically (a run stopped mid-write leaves the previous file)."""
     for suffix, text in ((".json", json.dumps(_jsonable(results), indent=2)), (".md", markdown(results))):
-        target = out / f"{name}{suffix}"
-        partial = target.with_name(target.name + ".partial")
-        partial.write_text(text)
-        os.replace(partial, target)
+        atomic_write(out / f"{name}{suffix}", lambda temporary, text=text: temporary.write_text(text))
 
 
 def readme_block(results: dict[str, Any]) -> str:
@@ -651,13 +647,14 @@ def readme_block(results: dict[str, Any]) -> str:
 
 def update_readme(results: dict[str, Any], readme: Path = README) -> None:
     """Replace the block between the headline markers in README.md (atomically)."""
+    if not results["cases"]:
+        raise SystemExit(f"results {results['name']!r} have no simulated cases: README's headline block needs some")
     text = readme.read_text()
     start, end = text.find(README_START), text.find(README_END)
     if start < 0 or end < start:
         raise SystemExit(f"{readme} has no benchmark headline markers ({README_START!r} ... {README_END!r})")
-    partial = readme.with_name(readme.name + ".partial")
-    partial.write_text(text[:start] + readme_block(results) + text[end + len(README_END) :])
-    os.replace(partial, readme)
+    updated = text[:start] + readme_block(results) + text[end + len(README_END) :]
+    atomic_write(readme, lambda temporary: temporary.write_text(updated))
 
 
 def parse_case(text: str) -> tuple[int, float, str]:
@@ -754,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     results["total_s"] = time.perf_counter() - started
     write_results(results, out, name)
-    if args.readme and results["cases"]:
+    if args.readme:
         update_readme(results)
     print_table(results)
     print(f"\nwrote {out / (name + '.json')}, {out / (name + '.md')} and PNGs ({results['total_s']:.0f} s)")

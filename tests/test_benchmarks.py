@@ -92,6 +92,9 @@ def test_readme_update_replaces_only_the_marked_block(run_benchmarks, tmp_path: 
     assert text.startswith("before\n") and text.endswith("\nafter\n") and "old table" not in text
     assert "| N32_lines_1e05 | 0.800 (10) | 0.700 (2) | 0.600 (20) | 0.75 | — | 0.50 | 40 | 0.50 |" in text
     assert "met in 0 of 1 cases" in text
+    with pytest.raises(SystemExit, match="no simulated cases"):
+        run_benchmarks.update_readme({**results, "cases": []}, readme)
+    assert "N32_lines_1e05" in readme.read_text()  # left as it was
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit, match="no benchmark headline markers"):
         run_benchmarks.update_readme(results, readme)

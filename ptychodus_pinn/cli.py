@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import decimal
 import logging
 import re
 import sys
@@ -16,8 +17,11 @@ from ptychodus_pinn.config import (
     ExecutionConfig,
     LoggerKind,
     LossKind,
+    NoiseModel,
     Precision,
     Preset,
+    RefinementConfig,
+    RefinementStart,
     RunConfig,
     Scheduler,
     TrainingMode,
@@ -42,14 +46,31 @@ def _devices(value: str) -> int | str:
     return int(value) if value.isdigit() else value
 
 
+def _integer(text: str) -> int:
+    """An integer flag ('1e3' reads as 1000); its allowed range is checked by the configs, which name it."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = decimal.Decimal(text.strip())
+    except decimal.InvalidOperation:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not value.is_finite() or value != value.to_integral_value():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+    if value.adjusted() > 40:
+        raise argparse.ArgumentTypeError(f"{text!r} is far too large")
+    return int(value)
+
+
 def add_read_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("reading scans")
     _bool_flag(group, "dc-at-corner", "patterns have zero frequency at pixel (0, 0) (auto for tike-style files)")  # type: ignore[arg-type]
     group.add_argument(
-        "--margin", type=int, default=16, help="object-grid margin (px) for files whose positions are not on a grid"
+        "--margin", type=_integer, default=16, help="object-grid margin (px) for files whose positions are not on a grid"
     )
-    group.add_argument("--crop", type=int, default=None, help="centre-crop patterns to this size (32, 64, 128, 256)")
-    group.add_argument("--max-patterns", type=int, default=None, help="use only the first patterns of each file")
+    group.add_argument("--crop", type=_integer, default=None, help="centre-crop patterns to this size (32, 64, 128, 256)")
+    group.add_argument("--max-patterns", type=_integer, default=None, help="use only the first patterns of each file")
 
 
 def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,18 +78,49 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--accelerator", choices=["auto", "cpu", "gpu", "cuda", "mps"], default=None)
     group.add_argument("--devices", type=_devices, default=None, help="number of devices or 'auto'")
     group.add_argument("--strategy", default=None, help="Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...")
-    group.add_argument("--num-nodes", type=int, default=None)
+    group.add_argument("--num-nodes", type=_integer, default=None)
     group.add_argument("--precision", choices=[p.value for p in Precision], default=None)
     _bool_flag(group, "deterministic", "deterministic kernels where torch has them")  # type: ignore[arg-type]
-    group.add_argument("--num-workers", type=int, default=None)
+    group.add_argument("--num-workers", type=_integer, default=None)
     _bool_flag(group, "pin-memory", "pin host memory for faster GPU transfers")  # type: ignore[arg-type]
     _bool_flag(group, "persistent-workers", "keep DataLoader workers between epochs")  # type: ignore[arg-type]
-    group.add_argument("--prefetch-factor", type=int, default=None)
-    group.add_argument("--inference-batch-size", type=int, default=None)
-    group.add_argument("--middle-trim", type=int, default=None, help="pixels cut from each patch edge before stitching")
+    group.add_argument("--prefetch-factor", type=_integer, default=None)
+    group.add_argument("--inference-batch-size", type=_integer, default=None)
+    group.add_argument("--middle-trim", type=_integer, default=None, help="pixels cut from each patch edge before stitching")
     _bool_flag(group, "pad-eval", "stitch patches that hang over the object-grid edge")  # type: ignore[arg-type]
-    group.add_argument("--seed", type=int, default=None)
+    group.add_argument("--seed", type=_integer, default=None)
     _bool_flag(group, "progress-bar", "show a progress bar")  # type: ignore[arg-type]
+
+
+def add_refinement_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("refinement (after the network, against every pattern)")
+    group.add_argument("--refine-epochs", type=_integer, default=None, help="refinement epochs (0 = network only; default 40)")
+    _bool_flag(group, "refine-probe", "refine the probe as well (for a probe guess, e.g. real data)")  # type: ignore[arg-type]
+    group.add_argument("--refine-batch-size", type=_integer, default=None, help="first mini-batch size (it grows)")
+    group.add_argument(
+        "--refine-start", choices=[s.value for s in RefinementStart], default=None,
+        help="start from the network's object, a flat one, or whichever the data prefer (auto)",
+    )  # fmt: skip
+    group.add_argument("--refine-noise-model", choices=[m.value for m in NoiseModel], default=None)
+
+
+REFINEMENT_FLAGS = {
+    "refine_epochs": "epochs", "refine_probe": "refine_probe", "refine_batch_size": "batch_size",
+    "refine_start": "start", "refine_noise_model": "noise_model",
+}  # fmt: skip
+
+
+def refinement_config_from(arguments: argparse.Namespace) -> RefinementConfig:
+    given = {flag: getattr(arguments, flag, None) for flag in REFINEMENT_FLAGS}
+    values = {REFINEMENT_FLAGS[flag]: value for flag, value in given.items() if value is not None}
+    try:
+        return RefinementConfig(**values)
+    except ValueError as error:
+        # "RefinementConfig.epochs=-1 ..." names the field; the user typed --refine-epochs
+        message = str(error)
+        for flag, field in REFINEMENT_FLAGS.items():
+            message = message.replace(f"RefinementConfig.{field}=", f"--{flag.replace('_', '-')}=")
+        raise CliError(message) from None
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,24 +128,24 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--preset", choices=[p.value for p in Preset], default=None, help="width/epochs preset (default: by accelerator)"
     )
-    group.add_argument("--epochs", type=int, default=None)
-    group.add_argument("--batch-size", type=int, default=None)
+    group.add_argument("--epochs", type=_integer, default=None)
+    group.add_argument("--batch-size", type=_integer, default=None)
     group.add_argument("--validation-fraction", type=float, default=None)
-    group.add_argument("--n-groups", type=int, default=None)
+    group.add_argument("--n-groups", type=_integer, default=None)
     group.add_argument("--learning-rate", type=float, default=None)
     group.add_argument("--scheduler", choices=[s.value for s in Scheduler], default=None)
-    group.add_argument("--warmup-epochs", type=int, default=None)
+    group.add_argument("--warmup-epochs", type=_integer, default=None)
     group.add_argument("--gradient-clip-val", type=float, default=None)
-    group.add_argument("--accumulate-grad-batches", type=int, default=None)
-    group.add_argument("--checkpoint-save-top-k", type=int, default=None)
+    group.add_argument("--accumulate-grad-batches", type=_integer, default=None)
+    group.add_argument("--checkpoint-save-top-k", type=_integer, default=None)
     group.add_argument("--checkpoint-monitor", choices=["val_loss", "train_loss"], default=None)
     group.add_argument("--checkpoint-mode", choices=[m.value for m in CheckpointMode], default=None)
-    group.add_argument("--early-stop-patience", type=int, default=None)
+    group.add_argument("--early-stop-patience", type=_integer, default=None)
     group.add_argument("--logger", choices=[k.value for k in LoggerKind], default=None)
     model = parser.add_argument_group("model")
-    model.add_argument("--gridsize", type=int, default=None)
-    model.add_argument("--neighbor-count", type=int, default=None)
-    model.add_argument("--n-filters-scale", type=int, default=None)
+    model.add_argument("--gridsize", type=_integer, default=None)
+    model.add_argument("--neighbor-count", type=_integer, default=None)
+    model.add_argument("--n-filters-scale", type=_integer, default=None)
     model.add_argument("--amp-activation", choices=[a.value for a in AmplitudeActivation], default=None)
     _bool_flag(model, "object-big", "merge a group's patches on a shared canvas during training")  # type: ignore[arg-type]
     _bool_flag(model, "probe-big", "predict the full patch (off: only its central half)")  # type: ignore[arg-type]
@@ -177,11 +229,49 @@ def _scan_files(paths: Sequence[Path]) -> list[Path]:
 # -------------------------------------------------------------------------------------------- commands
 
 
+SIMULATE_LIMITS = {
+    # flag: (low, low included, high, high included, allowed range in words)
+    "photons": (0.0, False, 1e12, True, "a number in (0, 1e12] (mean photons per pattern)"),
+    "n_positions": (1, True, 100_000, True, "an integer in 1..100000"),
+    "seed": (0, True, 2**32 - 1, True, f"an integer in 0..{2**32 - 1}"),
+    "overlap": (0.0, True, 1.0, False, "a number in [0, 1)"),
+    "bad_pixel_fraction": (0.0, True, 1.0, False, "a number in [0, 1)"),
+}
+
+
+def check_simulate_arguments(arguments: argparse.Namespace) -> None:
+    """Each simulate flag in its range, named as typed (numpy's own words name neither)."""
+    import math
+
+    from ptychodus_pinn.config import SUPPORTED_PATTERN_SIZES_PX
+    from ptychodus_pinn.data import available_memory_bytes
+
+    for name, (low, low_in, high, high_in, allowed) in SIMULATE_LIMITS.items():
+        value = getattr(arguments, name)
+        above = value >= low if low_in else value > low
+        below = value <= high if high_in else value < high
+        if not (math.isfinite(value) and above and below):
+            raise CliError(f"--{name.replace('_', '-')}={value:g} is not allowed; it must be {allowed}")
+    if arguments.size not in SUPPORTED_PATTERN_SIZES_PX:
+        sizes = ", ".join(map(str, SUPPORTED_PATTERN_SIZES_PX))
+        raise CliError(f"--size={arguments.size} is not allowed; it must be one of {sizes}")
+    need = 16.0 * arguments.n_positions * arguments.size**2  # counts as float64 and float32, and a working copy
+    available = available_memory_bytes()
+    if available is not None and need > available:
+        raise CliError(
+            f"--n-positions={arguments.n_positions} patterns of --size={arguments.size} need about {need / 2**30:.1f} GiB "
+            f"but {available / 2**30:.1f} GiB of memory is available; simulate fewer or smaller patterns"
+        )
+
+
 def command_simulate(arguments: argparse.Namespace) -> int:
     from ptychodus_pinn.data import save_scan
+    from ptychodus_pinn.outputs import check_output_file
     from ptychodus_pinn.simulate import simulate_scan
 
     out = Path(arguments.out)
+    check_simulate_arguments(arguments)
+    check_output_file(out, "--out")
     scan = simulate_scan(
         arguments.object,
         photons=arguments.photons,
@@ -200,58 +290,100 @@ def command_simulate(arguments: argparse.Namespace) -> int:
 
 def command_train(arguments: argparse.Namespace) -> int:
     from ptychodus_pinn.data import load_scan
+    from ptychodus_pinn.outputs import check_output_file, check_output_folder, check_outputs_spare_inputs, same_file
     from ptychodus_pinn.persistence import load_model, save_model
-    from ptychodus_pinn.training import train
+    from ptychodus_pinn.training import preflight, train
 
     files = _scan_files(_existing(arguments.data))
-    scans = [load_scan(path, read_options_from(arguments)) for path in files]
-    config = run_config_from(arguments, scans[0].size_px)
     out = Path(arguments.out)
-    if not out.parent.exists():
-        raise FileNotFoundError(f"output folder does not exist: {out.parent}")
-    initial = load_model(arguments.init_model) if arguments.init_model else None
+    losses = out.with_name(out.name + ".losses.csv")
     checkpoint_dir = Path(arguments.checkpoint_dir) if arguments.checkpoint_dir else out.with_name(out.name + ".checkpoints")
+    # every output location is checked before anything is read or trained: a refusal after training would lose it
+    check_output_file(out, "--out")
+    check_output_file(losses, "--out (its .losses.csv)")
+    check_output_folder(checkpoint_dir, "--checkpoint-dir")
+    if same_file(out, checkpoint_dir):
+        raise CliError(f"--out {out} and --checkpoint-dir {checkpoint_dir} are the same path; give them different names")
+    inputs = {path: "--data" for path in files}
+    if arguments.init_model:
+        inputs[Path(arguments.init_model)] = "--init-model"
+    check_outputs_spare_inputs(
+        {out: "--out", losses: "--out (its .losses.csv)", checkpoint_dir / "last.ckpt": "--checkpoint-dir"}, inputs
+    )
+    read_options = read_options_from(arguments)
+    preflight(execution_config_from(arguments))
     resume = None
     if arguments.resume:
         resume = checkpoint_dir / "last.ckpt"
         if not resume.exists():
             raise FileNotFoundError(f"no checkpoint to resume from: {resume}")
+    scans = [load_scan(path, read_options) for path in files]
+    config = run_config_from(arguments, scans[0].size_px)
+    initial = load_model(arguments.init_model) if arguments.init_model else None
     result = train(scans, config, initial_model=initial, checkpoint_dir=checkpoint_dir, resume_from=resume)
     if not result.is_global_zero:
         return 0
     save_model(result.model, out)
-    losses = out.with_name(out.name + ".losses.csv")
     write_losses_csv(result.history, losses)
     final = result.history[-1] if result.history else None
-    print(f"wrote {out} (best epoch {result.best_epoch} of {len(result.history)}, "
+    # epochs count from the first run, also after --resume ("best epoch 30 of 38", not "of 8")
+    last_epoch = final.epoch if final else result.model.record.epochs_trained
+    print(f"wrote {out} (best epoch {result.best_epoch} of {last_epoch}, "
           f"train loss {final.train_loss if final else float('nan'):.4f}, {result.seconds:.1f} s) and {losses}")  # fmt: skip
     return 0
+
+
+# files infer writes into --out (each checked before the model runs)
+INFER_OUTPUTS = ("object.npz", "object.png", "metrics.json")
+
+
+def check_infer_outputs(out: Path, inputs: dict[Path, str]) -> None:
+    """--out must be a writable folder and none of its output files may be an input (they would be overwritten)."""
+    from ptychodus_pinn.outputs import check_output_file, check_output_folder, check_outputs_spare_inputs
+
+    check_output_folder(out, "--out")
+    outputs = {out / name: "--out" for name in INFER_OUTPUTS}
+    check_outputs_spare_inputs(outputs, inputs)
+    if out.is_dir():
+        for path in outputs:
+            check_output_file(path, "--out")
 
 
 def command_infer(arguments: argparse.Namespace) -> int:
     from ptychodus_pinn.data import load_scan
     from ptychodus_pinn.figures import save_object_png
     from ptychodus_pinn.inference import reconstruct
-    from ptychodus_pinn.metrics import compare
-    from ptychodus_pinn.persistence import load_model
+    from ptychodus_pinn.metrics import reconstruction_metrics
+    from ptychodus_pinn.persistence import load_model, pretrained_path
 
-    model_path, data_path = _existing([arguments.model, arguments.data])
-    model = load_model(model_path)
+    refinement = refinement_config_from(arguments)
+    (data_path,) = _existing([arguments.data])
+    model_path = _existing([arguments.model])[0] if arguments.model else None
+    inputs = {data_path: "--data"} if model_path is None else {model_path: "--model", data_path: "--data"}
+    check_infer_outputs(Path(arguments.out), inputs)
     scan = load_scan(data_path, read_options_from(arguments))
+    if model_path is None:
+        model_path = pretrained_path(scan.size_px)
+        if model_path is None and refinement.epochs == 0:
+            raise CliError(f"no model ships for N={scan.size_px}: give --model, or refine a flat object (--refine-epochs > 0)")
+    model = None if model_path is None else load_model(model_path)
     execution = execution_config_from(arguments)
-    reconstruction = reconstruct(model, scan, execution=execution)
+    reconstruction = reconstruct(model, scan, execution=execution, refinement=refinement)
     out = Path(arguments.out)
     out.mkdir(parents=True, exist_ok=True)
     save_reconstruction(reconstruction, out / "object.npz")
     save_object_png(reconstruction.object, reconstruction.illuminated, out / "object.png")
-    message = f"wrote {out / 'object.npz'} and {out / 'object.png'} ({reconstruction.patterns_per_second:.0f} patterns/s)"
+    stages = " + ".join(reconstruction.stages) + ("" if model_path is None else f" ({model_path.name})")
+    message = f"wrote {out / 'object.npz'} and {out / 'object.png'}: {stages}, {reconstruction.seconds:.1f} s"
     if scan.ground_truth is not None:
-        metrics = compare(reconstruction.object, scan.ground_truth, reconstruction.illuminated).as_dict()
-        metrics.update(
-            seconds_train=0.0, seconds_infer=reconstruction.seconds, patterns_per_second_infer=reconstruction.patterns_per_second
-        )
+        metrics = reconstruction_metrics(reconstruction, scan.ground_truth)
         write_json(metrics, out / "metrics.json")
-        message += f"; phase SSIM {metrics['phase_ssim']:.3f} (flat object {metrics['flat_phase_ssim']:.3f})"
+        message += f"; phase SSIM {metrics['phase_ssim']:.3f} (flat object {metrics['flat_phase_ssim']:.3f}"
+        if "network_phase_ssim" in metrics and "refinement" in reconstruction.stages:
+            message += f", network alone {metrics['network_phase_ssim']:.3f}"
+        message += ")"
+    else:
+        (out / "metrics.json").unlink(missing_ok=True)  # an earlier run's metrics must not describe this object
     print(message)
     return 0
 
@@ -268,6 +400,9 @@ def command_demo(arguments: argparse.Namespace) -> int:
 
 def command_pretrain(arguments: argparse.Namespace) -> int:
     from ptychodus_pinn.demo import run_pretraining
+    from ptychodus_pinn.outputs import check_output_file
+
+    check_output_file(Path(arguments.out), "--out")
 
     # the shipped model was trained at learning rate 3e-3 (the other settings are the defaults)
     execution = replace(execution_config_from(arguments), learning_rate=arguments.learning_rate)
@@ -290,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = commands.add_parser("simulate", help="write a synthetic scan with known truth")
     simulate.add_argument("--out", required=True, help="scan file to write (.npz or .h5)")
-    simulate.add_argument("--object", choices=["siemens", "lines"], default="siemens")
+    simulate.add_argument("--object", choices=["siemens", "lines", "natural", "circuit", "grains"], default="siemens")
     simulate.add_argument("--photons", type=float, default=1e5, help="mean photons per pattern")
     simulate.add_argument("--n-positions", type=int, default=576)
     simulate.add_argument("--size", type=int, default=64, help="pattern size N (px)")
@@ -312,10 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=command_train)
 
     for name in ("infer", "reconstruct"):
-        infer = commands.add_parser(name, help="reconstruct a scan with a trained model")
-        infer.add_argument("--model", required=True)
+        infer = commands.add_parser(name, help="reconstruct a scan: the network's object, then refinement")
+        infer.add_argument("--model", default=None, help="model file (default: the shipped model for the scan's N, if any)")
         infer.add_argument("--data", required=True)
         infer.add_argument("--out", required=True, help="folder for object.npz, object.png, metrics.json")
+        add_refinement_arguments(infer)
         add_execution_arguments(infer)
         add_read_arguments(infer)
         infer.set_defaults(handler=command_infer)
@@ -344,6 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# config fields whose flag is spelled differently
+FLAG_NAMES = {"margin_px": "margin", "crop_px": "crop", "enable_progress_bar": "progress-bar"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     arguments = parser.parse_args(argv)
@@ -361,8 +501,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except (CliError, ValueError, RuntimeError, PermissionError, OSError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        # "ExecutionConfig.learning_rate=-1.0 ..." -> "--learning-rate=-1.0 ..." (the flag the user typed)
-        first_line = re.sub(r"\b\w+Config\.(\w+)=", lambda m: "--" + m.group(1).replace("_", "-") + "=", first_line)
+        # "ExecutionConfig.learning_rate=-1.0 ..." -> "--learning-rate=-1.0 ..." (the flag the user typed); a
+        # problem inside a model file, scan or checkpoint names that file's field, never a flag
+        if type(error).__name__ not in ("ModelFileError", "ScanError", "CheckpointError"):
+            first_line = re.sub(
+                r"\b(?:\w+Config|ReadOptions)\.(\w+)=",
+                lambda m: "--" + FLAG_NAMES.get(m.group(1), m.group(1).replace("_", "-")) + "=",
+                first_line,
+            )
         from ptychodus_pinn.training import AcceleratorUnavailableError, TrainingOutOfMemoryError
 
         if isinstance(error, RuntimeError) and not isinstance(error, (AcceleratorUnavailableError, TrainingOutOfMemoryError)):

@@ -14,6 +14,13 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 SUPPORTED_PATTERN_SIZES_PX: tuple[int, ...] = (32, 64, 128, 256)
+# upper limits: far beyond any real run, low enough that a typo (an extra zero, 1e29) is refused up front
+MAX_COUNT = 1_000_000  # epochs, batch sizes, patience, accumulation, top-k
+MAX_WORKERS = 1024
+MAX_DEVICES = 4096
+MAX_NODES = 10_000
+MAX_NEIGHBORS = 1000
+MAX_SEED = 2**32 - 1  # Lightning's seed_everything range (it silently replaces larger seeds)
 
 
 class Accelerator(StrEnum):
@@ -131,11 +138,11 @@ class ModelConfig:
         )
         _check(_is_int(self.gridsize) and 1 <= self.gridsize <= 4, owner, "gridsize", self.gridsize, "1..4")
         _check(
-            _is_int(self.neighbor_count) and self.neighbor_count >= self.gridsize**2 - 1,
+            _is_int(self.neighbor_count) and self.gridsize**2 - 1 <= self.neighbor_count <= MAX_NEIGHBORS,
             owner,
             "neighbor_count",
             self.neighbor_count,
-            f"an integer >= gridsize**2 - 1 = {self.gridsize**2 - 1}",
+            f"an integer in {self.gridsize**2 - 1}..{MAX_NEIGHBORS} (at least gridsize**2 - 1)",
         )
         _check(
             _is_int(self.n_filters_scale) and 1 <= self.n_filters_scale <= 16,
@@ -162,13 +169,15 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         owner = "TrainingConfig"
-        _check(_is_int(self.epochs) and self.epochs >= 1, owner, "epochs", self.epochs, "an integer >= 1")
         _check(
-            _is_int(self.batch_size) and self.batch_size >= 1,
+            _is_int(self.epochs) and 1 <= self.epochs <= MAX_COUNT, owner, "epochs", self.epochs, f"an integer in 1..{MAX_COUNT}"
+        )
+        _check(
+            _is_int(self.batch_size) and 1 <= self.batch_size <= MAX_COUNT,
             owner,
             "batch_size",
             self.batch_size,
-            "an integer >= 1",
+            f"an integer in 1..{MAX_COUNT}",
         )
         _check(
             _is_real(self.validation_fraction) and 0.0 <= self.validation_fraction < 0.5,
@@ -178,11 +187,11 @@ class TrainingConfig:
             "a number in [0, 0.5)",
         )
         _check(
-            self.n_groups is None or (_is_int(self.n_groups) and self.n_groups >= 1),
+            self.n_groups is None or (_is_int(self.n_groups) and 1 <= self.n_groups <= 1000 * MAX_COUNT),
             owner,
             "n_groups",
             self.n_groups,
-            "None or an integer >= 1",
+            f"None or an integer in 1..{1000 * MAX_COUNT}",
         )
 
 
@@ -230,12 +239,16 @@ class ExecutionConfig:
         owner = "ExecutionConfig"
         _check(
             self.devices == "auto"
-            or (isinstance(self.devices, int) and not isinstance(self.devices, bool) and self.devices >= 1)
-            or (isinstance(self.devices, str) and re.fullmatch(r"\d+(,\d+)*,?", self.devices) is not None),
+            or (isinstance(self.devices, int) and not isinstance(self.devices, bool) and 1 <= self.devices <= MAX_DEVICES)
+            or (
+                isinstance(self.devices, str)
+                and re.fullmatch(r"\d{1,4}(,\d{1,4})*,?", self.devices) is not None
+                and len(self.devices) <= 200
+            ),
             owner,
             "devices",
             self.devices,
-            "'auto', an integer >= 1 (how many), or device indices such as '1,' or '0,2'",
+            f"'auto', an integer in 1..{MAX_DEVICES} (how many), or GPU indices such as '1,' or '0,2'",
         )
         _check(
             isinstance(self.strategy, str) and bool(self.strategy),
@@ -244,15 +257,21 @@ class ExecutionConfig:
             self.strategy,
             "a Lightning strategy name such as auto, ddp, ddp_spawn, fsdp",
         )
-        _check(_is_int(self.num_nodes) and self.num_nodes >= 1, owner, "num_nodes", self.num_nodes, "an integer >= 1")
+        _check(
+            _is_int(self.num_nodes) and 1 <= self.num_nodes <= MAX_NODES,
+            owner,
+            "num_nodes",
+            self.num_nodes,
+            f"an integer in 1..{MAX_NODES}",
+        )
         for flag in ("deterministic", "pin_memory", "persistent_workers", "pad_eval", "enable_progress_bar"):
             _check(isinstance(getattr(self, flag), bool), owner, flag, getattr(self, flag), "True or False")
         _check(
-            _is_int(self.num_workers) and self.num_workers >= 0,
+            _is_int(self.num_workers) and 0 <= self.num_workers <= MAX_WORKERS,
             owner,
             "num_workers",
             self.num_workers,
-            "an integer >= 0",
+            f"an integer in 0..{MAX_WORKERS}",
         )
         _check(
             not self.persistent_workers or self.num_workers > 0,
@@ -262,11 +281,11 @@ class ExecutionConfig:
             "False when num_workers is 0 (persistent workers need worker processes)",
         )
         _check(
-            self.prefetch_factor is None or (_is_int(self.prefetch_factor) and self.prefetch_factor >= 1),
+            self.prefetch_factor is None or (_is_int(self.prefetch_factor) and 1 <= self.prefetch_factor <= MAX_WORKERS),
             owner,
             "prefetch_factor",
             self.prefetch_factor,
-            "None or an integer >= 1",
+            f"None or an integer in 1..{MAX_WORKERS}",
         )
         _check(
             self.prefetch_factor is None or self.num_workers > 0,
@@ -283,11 +302,11 @@ class ExecutionConfig:
             "a number in (0, 1]",
         )
         _check(
-            _is_int(self.warmup_epochs) and self.warmup_epochs >= 0,
+            _is_int(self.warmup_epochs) and 0 <= self.warmup_epochs <= MAX_COUNT,
             owner,
             "warmup_epochs",
             self.warmup_epochs,
-            "an integer >= 0",
+            f"an integer in 0..{MAX_COUNT}",
         )
         _check(
             self.gradient_clip_val is None or (_is_real(self.gradient_clip_val) and self.gradient_clip_val > 0),
@@ -297,18 +316,18 @@ class ExecutionConfig:
             "None or a number > 0",
         )
         _check(
-            _is_int(self.accumulate_grad_batches) and self.accumulate_grad_batches >= 1,
+            _is_int(self.accumulate_grad_batches) and 1 <= self.accumulate_grad_batches <= MAX_COUNT,
             owner,
             "accumulate_grad_batches",
             self.accumulate_grad_batches,
-            "an integer >= 1",
+            f"an integer in 1..{MAX_COUNT}",
         )
         _check(
-            _is_int(self.checkpoint_save_top_k) and self.checkpoint_save_top_k >= -1,
+            _is_int(self.checkpoint_save_top_k) and -1 <= self.checkpoint_save_top_k <= MAX_COUNT,
             owner,
             "checkpoint_save_top_k",
             self.checkpoint_save_top_k,
-            "an integer >= -1 (-1 keeps all, 0 keeps none)",
+            f"an integer in -1..{MAX_COUNT} (-1 keeps all, 0 keeps none)",
         )
         _check(
             self.checkpoint_monitor is None or self.checkpoint_monitor in ("val_loss", "train_loss"),
@@ -318,27 +337,80 @@ class ExecutionConfig:
             "None (val_loss when there is a validation split, else train_loss), 'val_loss' or 'train_loss'",
         )
         _check(
-            self.early_stop_patience is None or (_is_int(self.early_stop_patience) and self.early_stop_patience >= 1),
+            self.early_stop_patience is None
+            or (_is_int(self.early_stop_patience) and 1 <= self.early_stop_patience <= MAX_COUNT),
             owner,
             "early_stop_patience",
             self.early_stop_patience,
-            "None or an integer >= 1",
+            f"None or an integer in 1..{MAX_COUNT}",
         )
         _check(
-            self.inference_batch_size is None or (_is_int(self.inference_batch_size) and self.inference_batch_size >= 1),
+            self.inference_batch_size is None
+            or (_is_int(self.inference_batch_size) and 1 <= self.inference_batch_size <= MAX_COUNT),
             owner,
             "inference_batch_size",
             self.inference_batch_size,
-            "None (the training batch size) or an integer >= 1",
+            f"None (the training batch size) or an integer in 1..{MAX_COUNT}",
         )
         _check(
-            _is_int(self.middle_trim) and self.middle_trim >= 0,
+            _is_int(self.middle_trim) and 0 <= self.middle_trim < max(SUPPORTED_PATTERN_SIZES_PX) // 2,
             owner,
             "middle_trim",
             self.middle_trim,
-            "an integer >= 0 (pixels cut from each patch edge before stitching)",
+            f"an integer in 0..{max(SUPPORTED_PATTERN_SIZES_PX) // 2 - 1} (pixels cut from each patch edge before "
+            "stitching; less than N/2)",
         )
-        _check(_is_int(self.seed) and self.seed >= 0, owner, "seed", self.seed, "an integer >= 0")
+        _check(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED, owner, "seed", self.seed, f"an integer in 0..{MAX_SEED}")
+
+
+class NoiseModel(StrEnum):
+    POISSON = "poisson"
+    GAUSSIAN = "gaussian"
+
+
+class RefinementStart(StrEnum):
+    """Where refinement starts: the data's likelihood decides (``auto``), or forced."""
+
+    AUTO = "auto"
+    NETWORK = "network"
+    FLAT = "flat"
+
+
+@dataclass(frozen=True)
+class RefinementConfig:
+    """Joint refinement after the network (``refinement.py``); the defaults need no tuning per scan.
+
+    ``epochs`` 0 turns refinement off (network only). ``batch_size`` is the first epochs'
+    mini-batch; batches grow towards the whole scan as refinement converges.
+    """
+
+    epochs: int = 40
+    batch_size: int = 32
+    refine_probe: bool = False
+    probe_start_epoch: int = 2
+    noise_model: NoiseModel = NoiseModel.POISSON
+    start: RefinementStart = RefinementStart.AUTO
+    momentum_gain: float = 0.5
+    preconditioner_damping: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _coerce_enums(self, {"noise_model": NoiseModel, "start": RefinementStart})
+        owner = "RefinementConfig"
+        for name, low in (("epochs", 0), ("batch_size", 1), ("probe_start_epoch", 0)):
+            value = getattr(self, name)
+            _check(_is_int(value) and low <= value <= MAX_COUNT, owner, name, value, f"an integer in {low}..{MAX_COUNT}")
+        _check(isinstance(self.refine_probe, bool), owner, "refine_probe", self.refine_probe, "True or False")
+        gain = self.momentum_gain
+        _check(_is_real(gain) and 0 <= gain <= 1, owner, "momentum_gain", gain, "a number in [0, 1]")
+        _check(
+            _is_real(self.preconditioner_damping) and 0 < self.preconditioner_damping <= 10,
+            owner,
+            "preconditioner_damping",
+            self.preconditioner_damping,
+            "a number in (0, 10]",
+        )
+        _check(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED, owner, "seed", self.seed, f"an integer in 0..{MAX_SEED}")
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import errno
 import io
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +30,69 @@ from ptychodus_pinn.config import SUPPORTED_PATTERN_SIZES_PX
 
 class ScanError(ValueError):
     """The scan cannot be used as given; the message says why and what to do."""
+
+
+GIB = float(1 << 30)
+# the largest object grid side accepted (a scan whose positions span more is almost surely in the wrong units)
+MAX_OBJECT_SIDE_PX = 1 << 16
+# bytes per object-grid pixel that stitching holds at once (complex object, weights, sums, mask, copies)
+OBJECT_BYTES_PER_PIXEL = 48
+MAX_MARGIN_PX = 4096
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process can still take: ``MemAvailable`` lowered by a cgroup limit; None when unknown."""
+    available: int | None = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as stream:
+            for line in stream:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        available = None
+    if available is None:
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            available = int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            room = int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+            available = room if available is None else min(available, room)
+    return available
+
+
+def _describe_bytes(count: float) -> str:
+    return f"{count / GIB:.1f} GiB" if count >= 0.1 * GIB else f"{count / (1 << 20):.1f} MiB"
+
+
+def check_fits_in_memory(
+    source: str, declared: dict[str, tuple[tuple[int, ...], np.dtype[Any]]], pattern_key: str | None
+) -> None:
+    """Refuse, before reading anything, a file whose declared arrays cannot fit in memory.
+
+    ``declared`` maps array names to the (shape, dtype) the file declares; the patterns are also
+    converted to float32, so they count twice.
+    """
+    total = 0.0
+    largest: tuple[str, tuple[int, ...], np.dtype[Any], float] = ("", (), np.dtype(np.uint8), 0.0)
+    for name, (shape, dtype) in declared.items():
+        if any(int(side) < 0 for side in shape):
+            raise ScanError(f"{source}: array {name} declares a negative size {tuple(shape)}; the file is damaged")
+        size = float(math.prod(int(side) for side in shape)) * max(int(np.dtype(dtype).itemsize), 1)
+        if name == pattern_key:
+            size += float(math.prod(int(side) for side in shape)) * 4
+        total += size
+        if size > largest[3]:
+            largest = (name, tuple(int(side) for side in shape), np.dtype(dtype), size)
+    available = available_memory_bytes()
+    if available is not None and total > available:
+        name, shape, dtype, _ = largest
+        raise ScanError(
+            f"{source} declares {_describe_bytes(total)} of arrays (largest: {name} {shape} {dtype}) but only "
+            f"{_describe_bytes(available)} of memory is available; read fewer patterns (--max-patterns), "
+            "crop the file, or use a machine with more memory"
+        )
 
 
 @dataclass
@@ -62,6 +129,13 @@ class Scan:
                     "give a (N, N) boolean mask matching the detector"
                 )
             self.bad_pixels = mask
+            if mask.all():
+                raise ScanError(
+                    "every detector pixel is marked bad, so nothing is left to fit; fix the bad-pixel mask "
+                    "(True marks a bad pixel)"
+                )
+            if not (self.patterns.sum(axis=0, dtype=np.float64) * ~mask).any():
+                raise ScanError("the good (unmasked) detector pixels hold no photons in any pattern; check the bad-pixel mask")
         for name in ("object_guess", "ground_truth"):
             value = getattr(self, name)
             if value is not None:
@@ -162,11 +236,27 @@ def _validated_probe(probe: Any, size: int) -> np.ndarray:
     return array
 
 
-def _check_positions_on_grid(positions: np.ndarray, size: int, object_shape: tuple[int, int]) -> None:
-    """Every probe centre must lie on the object grid; patches may hang over its edge."""
+def check_object_grid(object_shape: tuple[int, int]) -> None:
+    """The object grid must be non-empty and small enough to reconstruct in memory."""
     height, width = object_shape
     if height < 1 or width < 1:
         raise ScanError(f"object grid {object_shape} is empty")
+    need = float(height) * float(width) * OBJECT_BYTES_PER_PIXEL
+    available = available_memory_bytes()
+    if max(height, width) > MAX_OBJECT_SIDE_PX or (available is not None and need > available):
+        limit = f"the limit is {MAX_OBJECT_SIDE_PX} px a side"
+        if available is not None:
+            limit += f" and {_describe_bytes(available)} of memory is available"
+        raise ScanError(
+            f"the object grid would be {height}x{width} px ({_describe_bytes(need)} to reconstruct); {limit}; "
+            "positions must be in object pixels (check their units and the pixel size) and the margin small"
+        )
+
+
+def _check_positions_on_grid(positions: np.ndarray, size: int, object_shape: tuple[int, int]) -> None:
+    """Every probe centre must lie on the object grid; patches may hang over its edge."""
+    height, width = object_shape
+    check_object_grid(object_shape)
     off = (positions[:, 0] < 0) | (positions[:, 0] > height - 1) | (positions[:, 1] < 0) | (positions[:, 1] > width - 1)
     if off.any():
         first = int(np.flatnonzero(off)[0])
@@ -179,8 +269,12 @@ def _check_positions_on_grid(positions: np.ndarray, size: int, object_shape: tup
 
 def object_shape_for(positions_yx_px: np.ndarray, size: int, margin_px: int = 0) -> tuple[int, int]:
     """Smallest grid holding every patch of a scan whose positions start at N//2 + margin."""
-    extent = np.ceil(positions_yx_px.max(axis=0)).astype(int) + size - size // 2 + margin_px
-    return int(extent[0]), int(extent[1])
+    extent = np.ceil(np.asarray(positions_yx_px, dtype=np.float64).max(axis=0)) + size - size // 2 + margin_px
+    if not np.isfinite(extent).all():
+        raise ScanError("positions contain NaN or infinite values")
+    shape = (int(extent[0]), int(extent[1]))
+    check_object_grid(shape)  # before anything allocates it
+    return shape
 
 
 def centred_on_grid(positions_yx_px: np.ndarray, size: int, margin_px: int) -> np.ndarray:
@@ -216,58 +310,216 @@ class ReadOptions:
     crop_px: int | None = None
     max_patterns: int | None = None
 
+    def __post_init__(self) -> None:
+        def is_int(value: Any) -> bool:
+            return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+        problems = (
+            (self.dc_at_corner is None or isinstance(self.dc_at_corner, bool), "dc_at_corner", self.dc_at_corner,
+             "None (automatic), True or False"),
+            (is_int(self.margin_px) and 0 <= self.margin_px <= MAX_MARGIN_PX, "margin_px", self.margin_px,
+             f"an integer in 0..{MAX_MARGIN_PX} (pixels of object grid around the scan)"),
+            (self.crop_px is None or (is_int(self.crop_px) and self.crop_px in SUPPORTED_PATTERN_SIZES_PX), "crop_px",
+             self.crop_px, f"one of {', '.join(map(str, SUPPORTED_PATTERN_SIZES_PX))} (the pattern size after cropping)"),
+            (self.max_patterns is None or (is_int(self.max_patterns) and self.max_patterns >= 1), "max_patterns",
+             self.max_patterns, "an integer >= 1 (how many patterns of each file to use)"),
+        )  # fmt: skip
+        for ok, name, value, allowed in problems:
+            if not ok:
+                raise ValueError(f"ReadOptions.{name}={value!r} is not allowed; it must be {allowed}")
+
 
 def load_scan(path: str | os.PathLike[str], options: ReadOptions | None = None) -> Scan:
-    """Read a scan: ptychodus training-data ``.npz``, our ``.npz``/``.h5``, CXI, or a tike-style ``.npz(.bz2)``."""
+    """Read a scan: ptychodus training-data ``.npz``, our ``.npz``/``.h5``, CXI, or a tike-style ``.npz(.bz2)``.
+
+    The format is recognised from the file's first bytes (not only its name), and every array's
+    declared size is checked against the memory available before anything is read.
+    """
     options = options or ReadOptions()
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"scan file not found: {path}")
     if path.is_dir():
         raise ScanError(f"{path} is a directory; give a scan file (.npz, .h5, .cxi)")
-    suffixes = "".join(path.suffixes[-2:]).lower()
     try:
-        if suffixes.endswith((".h5", ".hdf5", ".cxi")):
-            arrays = _read_hdf5(path)
-        elif suffixes.endswith(".bz2"):
-            with bz2.open(path) as stream:
-                arrays = _read_npz(io.BytesIO(stream.read()))
+        kind, head = _sniff(path)
+        if kind == "hdf5":
+            arrays = _read_hdf5(path, options.max_patterns)
+        elif kind == "bz2":
+            content = _read_bz2(path)
+            inner, inner_head = _sniff_bytes(content[:8])
+            if inner != "zip":
+                raise ScanError(_not_a_scan(path, inner, inner_head, " once decompressed"))
+            arrays = _read_npz(io.BytesIO(content), str(path))
+        elif kind == "zip":
+            arrays = _read_npz(path, str(path))
         else:
-            arrays = _read_npz(path)
-    except (OSError, EOFError, zipfile.BadZipFile, ValueError) as error:
-        if isinstance(error, (ScanError, FileNotFoundError)):
+            raise ScanError(_not_a_scan(path, kind, head, ""))
+    except ScanError:
+        raise
+    except MemoryError as error:
+        raise ScanError(f"cannot read {path}: not enough memory for its arrays; read fewer patterns (--max-patterns)") from error
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError, TypeError, RuntimeError) as error:
+        if isinstance(error, FileNotFoundError):
             raise
-        raise ScanError(f"cannot read {path}: {error}; is it a complete .npz/.h5 scan file?") from error
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ScanError(f"cannot read {path}: {first}; is it a complete .npz/.h5 scan file?") from error
     return _scan_from_arrays(arrays, options, source=str(path))
 
 
-def _read_npz(source: Any) -> dict[str, Any]:
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _sniff_bytes(head: bytes) -> tuple[str, bytes]:
+    if not head:
+        return "empty", head
+    if head.startswith(HDF5_MAGIC):
+        return "hdf5", head
+    if head.startswith(b"PK"):
+        return "zip", head
+    if head.startswith(NPY_MAGIC):
+        return "npy", head
+    if head.startswith(b"BZh"):
+        return "bz2", head
+    return "unknown", head
+
+
+def _sniff(path: Path) -> tuple[str, bytes]:
+    """The file's format from its content (HDF5 may carry a user block, so h5py is asked for .h5 names)."""
+    with open(path, "rb") as stream:
+        head = stream.read(16)
+    kind, head = _sniff_bytes(head)
+    if kind == "unknown" and path.suffix.lower() in (".h5", ".hdf5", ".cxi"):
+        import h5py
+
+        if h5py.is_hdf5(str(path)):
+            return "hdf5", head
+    return kind, head
+
+
+def _not_a_scan(path: Path, kind: str, head: bytes, where: str) -> str:
+    if kind == "empty":
+        return f"cannot read {path}: the file is empty{where}; is it a complete .npz/.h5 scan file?"
+    if kind == "npy":
+        return (
+            f"cannot read {path}: it holds a single array (.npy){where}, not a scan; save the patterns with their "
+            "positions and probe (numpy.savez with keys diff3d, xcoords, ycoords, probeGuess) or use an .h5 scan"
+        )
+    return (
+        f"cannot read {path}: it is neither an .npz (zip) archive nor an HDF5 file{where} (it starts with "
+        f"{head[:8]!r}); is it a complete .npz/.h5 scan file?"
+    )
+
+
+def _read_bz2(path: Path) -> bytes:
+    """Decompress in chunks, stopping before the content outgrows the memory (a small file can expand hugely)."""
+    available = available_memory_bytes()
+    limit = None if available is None else available // 3
+    buffer = io.BytesIO()
+    with bz2.open(path) as stream:
+        while chunk := stream.read(1 << 24):
+            buffer.write(chunk)
+            if limit is not None and buffer.tell() > limit:
+                raise ScanError(
+                    f"{path} decompresses to more than {_describe_bytes(limit)}, more than a third of the memory "
+                    "available; decompress it on a machine with more memory or give a smaller file"
+                )
+    return buffer.getvalue()
+
+
+def _npy_header(stream: Any) -> tuple[tuple[int, ...], np.dtype[Any]] | None:
+    """Shape and dtype a .npy member declares, read from its header only (None if unreadable)."""
+    from numpy.lib import format as npy_format
+
+    try:
+        version = npy_format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = npy_format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _, dtype = npy_format.read_array_header_2_0(stream)
+        else:
+            reader = getattr(npy_format, "_read_array_header", None)
+            if reader is None:
+                return None
+            shape, _, dtype = reader(stream, version)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError):
+        return None
+    return tuple(int(side) for side in shape), np.dtype(dtype)
+
+
+PATTERN_KEYS = ("diff3d", "patterns", "cxi_data", "data")
+
+
+def _read_npz(source: Any, label: str) -> dict[str, Any]:
     with np.load(source, allow_pickle=False) as archive:
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ScanError(f"cannot read {label}: it is not an .npz archive")
+        declared: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {}
+        zipped = archive.zip
+        assert zipped is not None
+        members = set(zipped.namelist())
+        for key in archive.files:
+            member = key + ".npy" if key + ".npy" in members else key
+            header = None
+            if member.endswith(".npy"):
+                with zipped.open(member) as stream:
+                    header = _npy_header(stream)
+            if header is None:
+                header = ((zipped.getinfo(member).file_size,), np.dtype(np.uint8))
+            declared[key] = header
+        check_fits_in_memory(label, declared, next((key for key in PATTERN_KEYS if key in declared), None))
         return {key: archive[key] for key in archive.files}
 
 
-def _read_hdf5(path: Path) -> dict[str, Any]:
+CXI_DATA = "entry_1/instrument_1/detector_1/data"
+CXI_TRANSLATION = "entry_1/sample_1/geometry_1/translation"
+
+
+def _read_hdf5(path: Path, max_patterns: int | None = None) -> dict[str, Any]:
+    """Read the datasets a scan needs; patterns are sliced to ``max_patterns`` while reading."""
     import h5py
 
-    arrays: dict[str, Any] = {}
+    datasets: dict[str, Any] = {}
+    attributes: dict[str, Any] = {}
     with h5py.File(path, "r") as handle:
         if "entry_1" in handle:
-            entry = handle["entry_1"]
-            arrays["cxi_data"] = np.asarray(entry["instrument_1/detector_1/data"])
-            arrays["cxi_translation"] = np.asarray(entry["sample_1/geometry_1/translation"])
-            if "instrument_1/detector_1/probe" in entry:
-                arrays["probeGuess"] = np.asarray(entry["instrument_1/detector_1/probe"])
-            elif "probe" in handle:
-                arrays["probeGuess"] = np.asarray(handle["probe"])
+            for name in (CXI_DATA, CXI_TRANSLATION):
+                if not isinstance(handle.get(name), h5py.Dataset):
+                    raise ScanError(
+                        f"{path}: the CXI file has no dataset {name}; a CXI scan needs the detector data "
+                        f"({CXI_DATA}) and the sample translations ({CXI_TRANSLATION})"
+                    )
+            datasets["cxi_data"] = handle[CXI_DATA]
+            datasets["cxi_translation"] = handle[CXI_TRANSLATION]
+            for name in ("entry_1/instrument_1/detector_1/probe", "probe"):
+                if isinstance(handle.get(name), h5py.Dataset):
+                    datasets["probeGuess"] = handle[name]
+                    break
             for key in ("x_pixel_size_m", "y_pixel_size_m"):
                 if key in handle.attrs:
-                    arrays[key] = handle.attrs[key]
-            return arrays
-        for key, dataset in handle.items():
-            if hasattr(dataset, "shape"):
-                arrays[key] = np.asarray(dataset)
-        if "metadata" in handle.attrs:
-            arrays["metadata"] = np.asarray(handle.attrs["metadata"])
+                    attributes[key] = handle.attrs[key]
+        else:
+            for key, dataset in handle.items():
+                if isinstance(dataset, h5py.Dataset):
+                    datasets[key] = dataset
+            if "metadata" in handle.attrs:
+                attributes["metadata"] = np.asarray(handle.attrs["metadata"])
+
+        def sliced(key: str, dataset: Any) -> bool:
+            return max_patterns is not None and key in PATTERN_KEYS and dataset.ndim == 3
+
+        declared = {}
+        for key, dataset in datasets.items():
+            shape = tuple(dataset.shape or ())
+            if sliced(key, dataset):
+                shape = (min(shape[0], int(max_patterns or 0)), *shape[1:])
+            declared[key] = (shape, dataset.dtype)
+        check_fits_in_memory(str(path), declared, next((key for key in PATTERN_KEYS if key in declared), None))
+        arrays: dict[str, Any] = {
+            key: np.asarray(dataset[:max_patterns] if sliced(key, dataset) else dataset[()]) for key, dataset in datasets.items()
+        }
+    arrays.update(attributes)
     return arrays
 
 
@@ -275,8 +527,11 @@ def _scan_from_arrays(arrays: dict[str, Any], options: ReadOptions, source: str)
     """Interpret a file's arrays; malformed ones (wrong ranks, empty, mismatched) become ScanError."""
     try:
         return _parse_arrays(arrays, options, source)
-    except ScanError:
-        raise
+    except ScanError as error:
+        if source in str(error):
+            raise
+        # several files are often read together: every problem names the file it is in
+        raise ScanError(f"{source}: {error}") from error
     except (ValueError, IndexError, TypeError, KeyError) as error:
         raise ScanError(
             f"{source}: the arrays do not form a scan ({error}); expected counts (M, N, N), M positions per axis "
@@ -436,27 +691,111 @@ def save_scan(scan: Scan, path: str | os.PathLike[str]) -> Path:
     return path
 
 
+class DiskFullError(OSError):
+    """A write failed because the disk (or the quota) is full; the previous file is intact."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+# temporary files are ".NAME.pinn-PID-XXXXXXXX.tmp": recognisable, and removable once PID has exited
+TEMPORARY_PATTERN = re.compile(r"^\.(?P<name>.+)\.pinn-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp$")
+# what earlier versions left behind (".NAME.XXXXXXXX.tmp"); removed once older than this many seconds
+LEGACY_TEMPORARY_AGE_S = 3600.0
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove temporary files that an interrupted write of ``path`` left (``kill -9`` mid-save)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    removed: list[Path] = []
+    legacy = re.compile(r"^\." + re.escape(path.name) + r"\.[A-Za-z0-9_]{8}\.tmp$")
+    try:
+        candidates = list(folder.glob(f".{glob_escape(path.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for candidate in candidates:
+        match = TEMPORARY_PATTERN.match(candidate.name)
+        try:
+            if match is not None and match.group("name") == path.name:
+                stale = not _process_alive(int(match.group("pid")))
+            else:
+                stale = legacy.match(candidate.name) is not None and (
+                    time.time() - candidate.stat().st_mtime > LEGACY_TEMPORARY_AGE_S
+                )
+            if stale and candidate.is_file() and not candidate.is_symlink():
+                candidate.unlink()
+                removed.append(candidate)
+        except OSError:
+            continue
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def is_disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether a failed write was a full disk: errno, torch's wording, or (almost) no space left."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG):
+        return True
+    text = str(error).lower()
+    if any(phrase in text for phrase in ("no space left", "disk quota", "file write failed", "unexpected pos")):
+        return True
+    if isinstance(error, (OSError, RuntimeError)):
+        with contextlib.suppress(OSError):
+            return shutil.disk_usage(folder).free < (1 << 20)
+    return False
+
+
 def atomic_write(path: Path, write: Any) -> None:
     """Write through a temporary file in the same folder and rename it over ``path``.
 
-    A failure (full disk, Ctrl-C) leaves any previous file untouched and no partial file behind.
+    A failure (full disk, Ctrl-C) leaves any previous file untouched and no partial file behind; a
+    full disk is reported as :class:`DiskFullError`. A symbolic link is followed (its target is
+    replaced, the link stays). Temporary files left by a killed process are removed on the next write.
     """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.exists():
         raise FileNotFoundError(f"output folder does not exist: {folder}")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is an existing folder; give a file name")
     if not os.access(folder, os.W_OK):
         raise PermissionError(f"cannot write to {folder}: the folder is read-only; choose another output location")
-    handle, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    remove_stale_temporaries(path)
+    handle, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.pinn-{os.getpid()}-", suffix=".tmp", dir=folder)
     os.close(handle)
     temporary = Path(temporary_name)
     try:
-        write(temporary)
         # mkstemp makes the file private (0600); give it the permissions a plain open() would
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)
+        write(temporary)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, Exception) and not isinstance(error, DiskFullError) and is_disk_full(error, folder):
+            detail = (str(error).splitlines() or [type(error).__name__])[0][:120]
+            with contextlib.suppress(OSError):
+                detail += f"; {_describe_bytes(shutil.disk_usage(folder).free)} free"
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"cannot write {path}: the disk is full ({detail}); free some space or choose another output "
+                f"location (any previous {path.name} is unchanged)",
+            ) from error
         raise

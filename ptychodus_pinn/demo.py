@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from ptychodus_pinn.config import ExecutionConfig, ModelConfig, RunConfig, TrainingConfig, replace
+from ptychodus_pinn.config import ExecutionConfig, ModelConfig, RefinementConfig, RunConfig, TrainingConfig, replace
 from ptychodus_pinn.data import save_scan
 from ptychodus_pinn.figures import save_demo_png
 from ptychodus_pinn.inference import reconstruct
-from ptychodus_pinn.metrics import align_to_reference, compare, illuminated_box
+from ptychodus_pinn.metrics import align_to_reference, illuminated_box, reconstruction_metrics
 from ptychodus_pinn.outputs import write_json, write_losses_csv
 from ptychodus_pinn.persistence import load_model, pretrained_path, save_model
 from ptychodus_pinn.simulate import simulate_scan
@@ -32,9 +32,10 @@ class DemoSettings:
     batch_size: int = 16
     n_filters_scale: int = 1
     gridsize: int = 1
+    refine_epochs: int = 40
 
 
-QUICK = DemoSettings(size_px=32, n_positions=144, epochs=3, batch_size=16)
+QUICK = DemoSettings(size_px=32, n_positions=144, epochs=3, batch_size=16, refine_epochs=10)
 
 
 def demo_run_config(settings: DemoSettings, execution: ExecutionConfig) -> RunConfig:
@@ -47,6 +48,7 @@ def demo_run_config(settings: DemoSettings, execution: ExecutionConfig) -> RunCo
 def _print_table(results: dict[str, dict[str, Any]]) -> None:
     keys = (
         "phase_ssim",
+        "network_phase_ssim",
         "flat_phase_ssim",
         "amplitude_ssim",
         "phase_psnr_db",
@@ -57,7 +59,8 @@ def _print_table(results: dict[str, dict[str, Any]]) -> None:
     print(f"{'metric':<28}" + "".join(f"{name:>14}" for name in results))
     for key in keys:
         print(f"{key:<28}" + "".join(f"{results[name][key]:>14.3f}" for name in results))
-    print(f"{'seconds_train':<28}" + "".join(f"{results[name]['seconds_train']:>14.1f}" for name in results))
+    for key in ("seconds_train", "seconds_network", "seconds_refinement"):
+        print(f"{key:<28}" + "".join(f"{results[name][key]:>14.1f}" for name in results))
 
 
 def run_demo(
@@ -112,20 +115,25 @@ def run_demo(
     metrics: dict[str, dict[str, Any]] = {}
     rows = []
     for name, scan in scans.items():
-        reconstruction = reconstruct(result.model, scan, execution=execution)
+        print(f"reconstructing the {name.replace('_', ' ')}: network, then {settings.refine_epochs} epochs of refinement ...")
+        refinement = RefinementConfig(epochs=settings.refine_epochs)
+        reconstruction = reconstruct(result.model, scan, execution=execution, refinement=refinement)
         assert scan.ground_truth is not None
-        quality = compare(reconstruction.object, scan.ground_truth, reconstruction.illuminated).as_dict()
-        quality.update(
-            seconds_train=seconds_train,
-            seconds_infer=reconstruction.seconds,
-            patterns_per_second_infer=reconstruction.patterns_per_second,
-        )
+        quality = reconstruction_metrics(reconstruction, scan.ground_truth)
+        quality.update(seconds_train=seconds_train)
         metrics[name] = quality
-        full_aligned = np.zeros_like(scan.ground_truth)
-        aligned, _, _ = align_to_reference(reconstruction.object, scan.ground_truth, reconstruction.illuminated, erode_px=0)
-        rows_slice, cols_slice = illuminated_box(reconstruction.illuminated)
-        full_aligned[rows_slice, cols_slice] = aligned
-        rows.append((name.replace("_", " "), scan.ground_truth, full_aligned, reconstruction.illuminated, quality))
+        label = name.replace("_", " ")
+        assert reconstruction.network_object is not None
+        network_quality = {key.removeprefix("network_"): value for key, value in quality.items() if key.startswith("network_")}
+        for title, obj, scores in (
+            (f"{label}: network", reconstruction.network_object, network_quality),
+            (f"{label}: + refinement", reconstruction.object, quality),
+        ):
+            full_aligned = np.zeros_like(scan.ground_truth)
+            aligned, _, _ = align_to_reference(obj, scan.ground_truth, reconstruction.illuminated, erode_px=0)
+            rows_slice, cols_slice = illuminated_box(reconstruction.illuminated)
+            full_aligned[rows_slice, cols_slice] = aligned
+            rows.append((title, scan.ground_truth, full_aligned, reconstruction.illuminated, {**quality, **scores}))
     metrics["settings"] = {key: getattr(settings, key) for key in settings.__dataclass_fields__}
     metrics["best_epoch"] = {"epoch": result.best_epoch, "epochs": len(result.history)}
     metrics["initial_model"] = {"start": start}

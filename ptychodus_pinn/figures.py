@@ -75,11 +75,11 @@ def save_demo_png(
         # truth and reconstruction share one colour scale (and a non-cyclic map) so they compare by eye
         panels = (
             (truth_amplitude, f"{name}: true amplitude", "gray", amplitude_range),
-            (np.abs(estimate_c), f"PINN amplitude (SSIM {metrics['amplitude_ssim']:.2f})", "gray", amplitude_range),
+            (np.abs(estimate_c), f"reconstructed amplitude (SSIM {metrics['amplitude_ssim']:.2f})", "gray", amplitude_range),
             (truth_phase, f"{name}: true phase", "viridis", phase_range),
             (
                 np.angle(estimate_c),
-                f"PINN phase (SSIM {metrics['phase_ssim']:.2f}, flat {metrics['flat_phase_ssim']:.2f})",
+                f"reconstructed phase (SSIM {metrics['phase_ssim']:.2f}, flat {metrics['flat_phase_ssim']:.2f})",
                 "viridis",
                 phase_range,
             ),

@@ -1,18 +1,21 @@
-"""Reconstruction with a trained model: batched prediction, phase alignment and stitching."""
+"""Reconstruction: the network's fast object (batched prediction, phase alignment, stitching),
+then joint refinement against every pattern (``refinement.py``), on by default (SPEC §11)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ptychodus_pinn import physics
-from ptychodus_pinn.config import ExecutionConfig
+from ptychodus_pinn.config import ExecutionConfig, RefinementConfig
 from ptychodus_pinn.data import Scan, ScanError
 from ptychodus_pinn.model import PinnModel, input_normalization_for
+from ptychodus_pinn.refinement import RefinementReport, RefinementResult, refine
 from ptychodus_pinn.training import is_out_of_memory, torch_device
 
 logger = logging.getLogger(__name__)
@@ -20,13 +23,23 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Reconstruction:
-    """The stitched object on the scan's object grid, and which of its pixels any probe lit."""
+    """The object on the scan's object grid, which of its pixels any probe lit, and how it was made.
+
+    ``stages`` names what ran, in order (``network``, ``refinement``); ``network_object`` is the
+    network's stitched object before refinement (None when no network ran); ``probe`` is the
+    probe the object goes with (refined when refinement refined it).
+    """
 
     object: np.ndarray
     illuminated: np.ndarray
     seconds: float
     patterns_per_second: float
     patches: np.ndarray | None = None
+    stages: tuple[str, ...] = ("network",)
+    network_object: np.ndarray | None = None
+    network_seconds: float = 0.0
+    probe: np.ndarray | None = None
+    refinement: RefinementResult | None = None
 
 
 def check_scan_fits(model: PinnModel, scan: Scan) -> None:
@@ -67,14 +80,14 @@ def predict_patches(model: PinnModel, scan: Scan, batch_size: int, device: torch
     return torch.cat(outputs)
 
 
-def reconstruct(
+def reconstruct_network(
     model: PinnModel,
     scan: Scan,
     *,
     execution: ExecutionConfig | None = None,
     align_phases: bool = True,
 ) -> Reconstruction:
-    """Reconstruct a scan in one forward pass plus stitching onto ``scan.object_shape``.
+    """The network's object: one forward pass plus stitching onto ``scan.object_shape``.
 
     The network input normalisation is recomputed from this scan (so a different dose works).
     Patch phases are aligned on their overlaps before stitching (see physics.align_patch_phases).
@@ -116,4 +129,65 @@ def reconstruct(
         seconds=finished - started,
         patterns_per_second=scan.count / max(predicted - started, 1e-9),
         patches=patches.numpy(),
+        stages=("network",),
+        network_object=obj.numpy().astype(np.complex64),
+        network_seconds=finished - started,
+        probe=scan.probe,
+    )
+
+
+def refine_reconstruction(
+    scan: Scan,
+    network: Reconstruction | None,
+    refinement: RefinementConfig,
+    *,
+    execution: ExecutionConfig | None = None,
+    on_epoch: Callable[[RefinementReport], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Reconstruction:
+    """Refine the network's object (or a flat one, as the data decide) against every pattern."""
+    execution = execution or ExecutionConfig()
+    device = torch_device(execution.accelerator)
+    start = None if network is None else network.object
+    result = refine(scan, start, refinement, device=device, on_epoch=on_epoch, should_stop=should_stop)
+    network_seconds = 0.0 if network is None else network.seconds
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return Reconstruction(
+        object=result.object,
+        illuminated=result.illuminated,
+        seconds=network_seconds + result.seconds,
+        patterns_per_second=scan.count / max(network_seconds + result.seconds, 1e-9),
+        patches=None,
+        stages=(*(() if network is None else network.stages), "refinement"),
+        network_object=None if network is None else network.object,
+        network_seconds=network_seconds,
+        probe=result.probe,
+        refinement=result,
+    )
+
+
+def reconstruct(
+    model: PinnModel | None,
+    scan: Scan,
+    *,
+    execution: ExecutionConfig | None = None,
+    refinement: RefinementConfig | None = None,
+    align_phases: bool = True,
+    on_refinement_epoch: Callable[[RefinementReport], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Reconstruction:
+    """Network, then refinement (``refinement=RefinementConfig()`` by default; ``epochs=0`` skips it).
+
+    Without a model only refinement runs, from a flat object.
+    """
+    refinement = RefinementConfig() if refinement is None else refinement
+    if model is None and refinement.epochs == 0:
+        raise ValueError("nothing to do: no model was given and refinement is off (refine epochs 0)")
+    network = None if model is None else reconstruct_network(model, scan, execution=execution, align_phases=align_phases)
+    if refinement.epochs == 0:
+        assert network is not None
+        return network
+    return refine_reconstruction(
+        scan, network, refinement, execution=execution, on_epoch=on_refinement_epoch, should_stop=should_stop
     )

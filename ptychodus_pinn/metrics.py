@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-from skimage.registration import phase_cross_correlation
 
 
 def illuminated_box(illuminated: np.ndarray, erode_px: int = 0) -> tuple[slice, slice]:
@@ -26,30 +26,81 @@ def illuminated_box(illuminated: np.ndarray, erode_px: int = 0) -> tuple[slice, 
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
+def _exp_sum(values: np.ndarray, coords: np.ndarray, v: np.ndarray) -> tuple[complex, np.ndarray]:
+    """Σ values·exp(−2πi coords·v) and its gradient in v (coords: (2, n))."""
+    terms = values * np.exp(-2j * math.pi * (v @ coords))
+    return complex(np.sum(terms)), -2j * math.pi * (coords @ terms)
+
+
+def _maximize_modulus(
+    values: np.ndarray,
+    coords: np.ndarray,
+    start: tuple[float, float],
+    reach: tuple[float, float],
+    power: np.ndarray | None = None,
+) -> tuple[float, float]:
+    """Local argmax over v of |Σ values·e^{−2πi coords·v}|² (÷ Re Σ power·e^{−2πi coords·v}), within start ± reach."""
+    from scipy.optimize import minimize
+
+    scale = max(float(np.sum(np.abs(values))), 1e-30)
+
+    def loss_and_gradient(v: np.ndarray) -> tuple[float, np.ndarray]:
+        total, slope = _exp_sum(values / scale, coords, v)
+        numerator, numerator_slope = abs(total) ** 2, 2 * np.real(np.conj(total) * slope)
+        if power is None:
+            return -numerator, -numerator_slope
+        norm, norm_slope = _exp_sum(power / scale, coords, v)
+        denominator = max(norm.real, 1e-30)
+        return -numerator / denominator, -(numerator_slope * denominator - numerator * norm_slope.real) / denominator**2
+
+    bounds = [(start[0] - reach[0], start[0] + reach[0]), (start[1] - reach[1], start[1] + reach[1])]
+    result = minimize(loss_and_gradient, np.array(start), jac=True, method="L-BFGS-B", bounds=bounds)
+    return float(result.x[0]), float(result.x[1])
+
+
 def remove_phase_ramp_and_offset(estimate: np.ndarray, reference: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Multiply ``estimate`` by the linear phase (ramp + offset) that best matches ``reference``.
 
-    The ramp is the peak of the spectrum of estimate·conj(reference), refined on a fine grid.
+    The ramp maximises |Σ estimate·conj(reference)·weight·e^{−2πi k·r}|: the peak of the 4×
+    zero-padded spectrum, refined continuously.
     """
     product = estimate * np.conj(reference) * weight
     height, width = product.shape
     pad = 4
     spectrum = np.abs(np.fft.fft2(product, s=(pad * height, pad * width)))
     peak = np.unravel_index(np.argmax(spectrum), spectrum.shape)
-    ky = np.fft.fftfreq(pad * height)[peak[0]]
-    kx = np.fft.fftfreq(pad * width)[peak[1]]
-    yy, xx = np.mgrid[0:height, 0:width]
-    best = (-math.inf, ky, kx)
-    step = 1.0 / (pad * max(height, width))
-    for dy in np.linspace(-step, step, 9):
-        for dx in np.linspace(-step, step, 9):
-            value = abs(np.sum(product * np.exp(-2j * math.pi * ((ky + dy) * yy + (kx + dx) * xx))))
-            if value > best[0]:
-                best = (value, ky + dy, kx + dx)
-    _, ky, kx = best
+    start = (float(np.fft.fftfreq(pad * height)[peak[0]]), float(np.fft.fftfreq(pad * width)[peak[1]]))
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    lit = product != 0
+    coords = np.stack([yy[lit], xx[lit]])
+    ky, kx = _maximize_modulus(product[lit], coords, start, (1.0 / (pad * height), 1.0 / (pad * width)))
     ramp = np.exp(-2j * math.pi * (ky * yy + kx * xx))
     offset = np.angle(np.sum(product * ramp))
     return estimate * ramp * np.exp(-1j * offset)
+
+
+def register_shift(estimate: np.ndarray, reference: np.ndarray, weight: np.ndarray, max_shift_px: float) -> np.ndarray:
+    """Sub-pixel (dy, dx) that moves ``estimate`` onto ``reference`` where ``weight`` > 0.
+
+    Least squares over s of Σ weight·|reference − c·estimate(r − s)|² with the best complex c, i.e.
+    the maximum of |Σ w·conj(ref)·est(r − s)|² / Σ w·|est(r − s)|²; the whole estimate is shifted
+    (not a crop of it, which would bias the shift towards 0). Best integer shift within
+    ``max_shift_px + 1``, refined continuously within ±1 px.
+    """
+    spectrum = np.fft.fft2(estimate)
+    cross = spectrum * np.conj(np.fft.fft2(reference * weight))
+    power = np.fft.fft2(np.abs(estimate) ** 2) * np.conj(np.fft.fft2(weight))
+    # fft2(x)[s] = Σ_f x(f)·e^{−2πi f·s}: the correlations at every integer shift s
+    score = np.abs(np.fft.fft2(cross)) ** 2 / np.maximum(np.real(np.fft.fft2(power)), 1e-30)
+    height, width = cross.shape
+    sy = np.fft.fftfreq(height, 1.0 / height)[:, None]
+    sx = np.fft.fftfreq(width, 1.0 / width)[None, :]
+    score[np.hypot(sy, sx) > max_shift_px + 1] = -1.0
+    peak = np.unravel_index(np.argmax(score), score.shape)
+    start = (float(sy[peak[0], 0]), float(sx[0, peak[1]]))
+    fy, fx = np.meshgrid(np.fft.fftfreq(height), np.fft.fftfreq(width), indexing="ij")
+    coords = np.stack([fy.ravel(), fx.ravel()])
+    return np.array(_maximize_modulus(cross.ravel(), coords, start, (1.0, 1.0), power.ravel()))
 
 
 def flatten_phase(obj: np.ndarray, illuminated: np.ndarray) -> np.ndarray:
@@ -64,8 +115,8 @@ def flatten_phase(obj: np.ndarray, illuminated: np.ndarray) -> np.ndarray:
     return np.where(illuminated, remove_phase_ramp_and_offset(flat, np.ones_like(flat), weight), obj)
 
 
-def frc_threshold_crossing(first: np.ndarray, second: np.ndarray, threshold: float = 0.5) -> float:
-    """Spatial frequency (fraction of Nyquist, 1 = finest) where the FRC first drops below threshold."""
+def frc_curve(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """FRC per integer ring 0 … Nyquist−1 of the central square crops (Hann-windowed); ring r / Nyquist is the frequency."""
     size = min(first.shape)
     top, left = (first.shape[0] - size) // 2, (first.shape[1] - size) // 2
     first = first[top : top + size, left : left + size]
@@ -75,14 +126,34 @@ def frc_threshold_crossing(first: np.ndarray, second: np.ndarray, threshold: flo
     f2 = np.fft.fftshift(np.fft.fft2(second * window))
     yy, xx = np.indices((size, size)) - size // 2
     rings = np.hypot(yy, xx).astype(int)
-    nyquist = size // 2
-    numerator = ndimage.sum_labels(np.real(f1 * np.conj(f2)), rings, index=np.arange(nyquist))
-    power1 = ndimage.sum_labels(np.abs(f1) ** 2, rings, index=np.arange(nyquist))
-    power2 = ndimage.sum_labels(np.abs(f2) ** 2, rings, index=np.arange(nyquist))
-    frc = numerator / np.sqrt(np.maximum(power1 * power2, 1e-30))
-    below = np.flatnonzero(frc[1:] < threshold)
-    ring = below[0] + 1 if below.size else nyquist
-    return float(ring / nyquist)
+    index = np.arange(size // 2)
+    numerator = ndimage.sum_labels(np.real(f1 * np.conj(f2)), rings, index=index)
+    power1 = ndimage.sum_labels(np.abs(f1) ** 2, rings, index=index)
+    power2 = ndimage.sum_labels(np.abs(f2) ** 2, rings, index=index)
+    return np.asarray(numerator / np.sqrt(np.maximum(power1 * power2, 1e-30)), np.float64)
+
+
+FRC_SKIP_FRACTION = 0.03
+FRC_MIN_SKIPPED_RINGS = 2
+FRC_RUN_RINGS = 3
+
+
+def frc_threshold_crossing(first: np.ndarray, second: np.ndarray, threshold: float = 0.5) -> float:
+    """Spatial frequency (fraction of Nyquist, 1 = finest) where the FRC drops below threshold for good.
+
+    Robust rule: the lowest rings (the first 3 % of Nyquist, at least 2 rings) are skipped, and the
+    crossing is the first later ring r where the FRC is below ``threshold`` on ``FRC_RUN_RINGS`` (3)
+    consecutive rings r, r+1, r+2 (or on every remaining ring, near Nyquist). A lone dip of one or
+    two rings does not count. Returns r / Nyquist, or 1.0 when it never crosses.
+    """
+    frc = frc_curve(first, second)
+    nyquist = frc.size
+    skip = max(FRC_MIN_SKIPPED_RINGS, math.ceil(FRC_SKIP_FRACTION * nyquist))
+    below = frc < threshold
+    for ring in range(skip, nyquist):
+        if below[ring : ring + FRC_RUN_RINGS].all():
+            return float(ring / nyquist)
+    return 1.0
 
 
 @dataclass(frozen=True)
@@ -130,18 +201,21 @@ def align_to_reference(
 
     Returns the aligned estimate, the cropped reference, and the sub-pixel shift that was removed.
     Shifts beyond a few pixels are not an ambiguity but a failure, so they are not removed.
+    The ramp is removed once before registering (a ramp moves the cross-correlation peak) and once
+    after; the shift is applied to the whole grid so its wrap-around stays outside the scored box.
     """
     rows, cols = illuminated_box(illuminated, erode_px)
+    box = np.zeros(reference.shape)
+    box[rows, cols] = 1.0
+    deramped = remove_phase_ramp_and_offset(np.asarray(estimate, np.complex128), reference, box)
     reference_crop = reference[rows, cols]
-    estimate_crop = estimate[rows, cols]
-    shift, _, _ = phase_cross_correlation(reference_crop, estimate_crop, upsample_factor=20, normalization=None)
+    shift = register_shift(deramped, reference, box, MAX_REGISTRATION_SHIFT_PX)
     if np.hypot(*shift) > MAX_REGISTRATION_SHIFT_PX:
         shift = np.zeros(2)
     if np.hypot(*shift) > 0.05:
-        estimate_crop = ndimage.fourier_shift(np.fft.fft2(estimate_crop), shift)
-        estimate_crop = np.fft.ifft2(estimate_crop)
+        deramped = np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(deramped), shift))
     weight = np.ones(reference_crop.shape)
-    aligned = remove_phase_ramp_and_offset(estimate_crop, reference_crop, weight)
+    aligned = remove_phase_ramp_and_offset(deramped[rows, cols], reference_crop, weight)
     amplitude_scale = np.sum(np.abs(aligned) * np.abs(reference_crop)) / max(np.sum(np.abs(aligned) ** 2), 1e-30)
     return aligned * amplitude_scale, reference_crop, (float(shift[0]), float(shift[1]))
 
@@ -165,3 +239,27 @@ def compare(estimate: np.ndarray, reference: np.ndarray, illuminated: np.ndarray
         flat_amplitude_ssim=_ssim(np.abs(flat_aligned), truth_amplitude),
         shift_yx_px=shift,
     )
+
+
+def reconstruction_metrics(reconstruction: Any, reference: np.ndarray) -> dict[str, Any]:
+    """What ``metrics.json`` holds for a reconstruction: its scores, the network's alone, the stages.
+
+    Both objects are scored over the same illuminated region, so the two rows compare directly.
+    """
+    metrics: dict[str, Any] = dict(compare(reconstruction.object, reference, reconstruction.illuminated).as_dict())
+    network_object = reconstruction.network_object
+    if network_object is not None and "refinement" in reconstruction.stages:
+        network = compare(network_object, reference, reconstruction.illuminated).as_dict()
+        metrics.update({f"network_{key}": value for key, value in network.items() if not key.startswith(("flat_", "residual"))})
+    refinement = reconstruction.refinement
+    metrics.update(
+        stages=list(reconstruction.stages),
+        seconds_train=0.0,
+        seconds_infer=reconstruction.seconds,
+        seconds_network=reconstruction.network_seconds,
+        seconds_refinement=0.0 if refinement is None else refinement.seconds,
+        refinement_epochs=0 if refinement is None else len(refinement.history),
+        refinement_start=None if refinement is None else str(refinement.start),
+        patterns_per_second_infer=reconstruction.patterns_per_second,
+    )
+    return metrics

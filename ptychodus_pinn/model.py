@@ -41,6 +41,11 @@ class TrainingRecord:
     epochs_trained: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # inference steps through the patterns batch_size at a time: 0 or less would never end
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ValueError(f"TrainingRecord.batch_size={self.batch_size!r} is not allowed; it must be an integer >= 1")
+
 
 class PinnModel(nn.Module):
     """Generator + probe + intensity-scale correction, with the forward model that ties them."""

@@ -8,8 +8,10 @@ model with random weights). Writes are atomic.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -49,10 +51,23 @@ def model_payload(model: PinnModel) -> dict[str, Any]:
     }
 
 
+def non_finite_weights(state: dict[str, Any]) -> list[str]:
+    """Names of the tensors that hold NaN or infinite values."""
+    return [
+        str(name) for name, value in state.items() if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all())
+    ]
+
+
 def save_model(model: PinnModel, path: str | os.PathLike[str]) -> Path:
-    """Write the model atomically; a failure leaves any previous file intact."""
+    """Write the model atomically; a failure leaves any previous file intact. A model with NaN weights is refused."""
     path = Path(path)
     payload = model_payload(model)
+    bad = non_finite_weights(payload["state_dict"])
+    if bad:
+        raise ValueError(
+            f"not saving {path}: {len(bad)} weight tensor(s) of the model hold NaN or infinite values (first: {bad[0]}); "
+            "the training diverged: lower the learning rate (--learning-rate) or clip gradients (--gradient-clip-val)"
+        )
     atomic_write(path, lambda temporary: torch.save(payload, temporary))
     return path
 
@@ -96,8 +111,21 @@ def load_model(path: str | os.PathLike[str], expect: ModelConfig | None = None) 
         )
         state = payload["state_dict"]
         probe = state["probe"]
-    except (KeyError, TypeError, ValueError) as error:
-        raise ModelFileError(f"{path} is missing or has invalid model fields: {error}") from error
+    except (KeyError, TypeError, ValueError, OverflowError) as error:
+        # "ModelConfig.N=33 is not allowed" names a field of the file, not a setting the user typed
+        detail = re.sub(r"\b\w+(?:Config|Record)\.", "", str(error).splitlines()[0] if str(error) else type(error).__name__)
+        raise ModelFileError(
+            f"{path}: the model file has missing or invalid fields ({detail}); the file is damaged or foreign"
+        ) from error
+    _check_constants(path, record)
+    if not isinstance(state, dict):
+        raise ModelFileError(f"{path}: the model file's weights are not a state dictionary; the file is damaged or foreign")
+    bad = non_finite_weights(state)
+    if bad:
+        raise ModelFileError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (first: {bad[0]}); the model would "
+            "reconstruct NaN: retrain it (the training diverged; lower the learning rate)"
+        )
     if expect is not None:
         for name in ("N", "gridsize", "mode"):
             if getattr(config, name) != getattr(expect, name):
@@ -111,6 +139,27 @@ def load_model(path: str | os.PathLike[str], expect: ModelConfig | None = None) 
     except RuntimeError as error:
         raise ModelFileError(f"{path}: weights do not match the stored architecture: {str(error)[:300]}") from error
     return model
+
+
+MAX_STORED_BATCH_SIZE = 1_000_000
+
+
+def _check_constants(path: Path, record: TrainingRecord) -> None:
+    """Constants that would hang inference (batch size 0) or poison it (NaN scale) are refused at load."""
+    for name in ("intensity_scale", "input_normalization", "mean_total_counts"):
+        value = getattr(record, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ModelFileError(
+                f"{path}: the model file's constant {name}={value!r} is invalid (a finite number > 0 is needed); "
+                "the file is damaged: retrain the model"
+            )
+    if not 1 <= record.batch_size <= MAX_STORED_BATCH_SIZE:
+        raise ModelFileError(
+            f"{path}: the model file's stored batch size {record.batch_size} is invalid (1..{MAX_STORED_BATCH_SIZE}); "
+            "the file is damaged: retrain the model"
+        )
+    if record.epochs_trained < 0:
+        raise ModelFileError(f"{path}: the model file's epochs_trained={record.epochs_trained} is negative; the file is damaged")
 
 
 def pretrained_path(size_px: int) -> Path | None:

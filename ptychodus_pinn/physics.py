@@ -24,6 +24,12 @@ def far_field(exit_wave: torch.Tensor) -> torch.Tensor:
     return torch.fft.fftshift(torch.fft.fft2(shifted, norm="ortho"), dim=(-2, -1))
 
 
+def back_propagate(far_field_wave: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``far_field`` (unitary, so it is also its adjoint)."""
+    shifted = torch.fft.ifftshift(far_field_wave, dim=(-2, -1))
+    return torch.fft.fftshift(torch.fft.ifft2(shifted, norm="ortho"), dim=(-2, -1))
+
+
 def predicted_counts(object_patches: torch.Tensor, probe: torch.Tensor, intensity_scale: torch.Tensor | float) -> torch.Tensor:
     """Expected counts ``scale * sum_p |F(O * P_p)|^2`` for patches (..., N, N) and probe modes (P, N, N)."""
     exit_waves = object_patches.unsqueeze(-3) * probe  # (..., P, N, N)
@@ -93,6 +99,76 @@ def shift_images(images: torch.Tensor, shifts_yx_px: torch.Tensor) -> torch.Tens
     if images.is_complex():
         return torch.view_as_complex(moved.permute(0, 2, 3, 1).contiguous()).reshape(images.shape)
     return moved.reshape(images.shape)
+
+
+def fourier_shift(images: torch.Tensor, shifts_yx_px: torch.Tensor) -> torch.Tensor:
+    """Move the content of smooth images (..., H, W) by exact sub-pixel shifts (..., 2) = (dy, dx).
+
+    A linear phase in Fourier space: exact for band-limited content, periodic at the edges, so it
+    suits fields that vanish at their borders (probes), not hard-edged cropped patches (those use
+    the bilinear ``shift_images``). Same direction: a point at r lands at r + d.
+    """
+    height, width = images.shape[-2], images.shape[-1]
+    real_dtype = torch.float64 if images.dtype in (torch.complex128, torch.float64) else torch.float32
+    ramp = fourier_shift_ramp(shifts_yx_px.to(images.device, real_dtype), height, width)
+    # shifts (L..., 2) act on images (L..., extra..., H, W): broadcast over the extra axes
+    ramp = ramp.reshape(*ramp.shape[:-2], *([1] * (images.ndim - ramp.ndim)), height, width)
+    moved = torch.fft.ifft2(torch.fft.fft2(images) * ramp)
+    return moved if images.is_complex() else moved.real
+
+
+def fourier_shift_ramp(shifts_yx_px: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """exp(-2πi (ky·dy + kx·dx)) on the unshifted FFT grid, (..., H, W) for shifts (..., 2)."""
+    dtype = shifts_yx_px.dtype
+    ky = torch.fft.fftfreq(height, device=shifts_yx_px.device, dtype=dtype)
+    kx = torch.fft.fftfreq(width, device=shifts_yx_px.device, dtype=dtype)
+    phase_y = torch.exp(-2j * math.pi * ky * shifts_yx_px[..., 0, None])
+    phase_x = torch.exp(-2j * math.pi * kx * shifts_yx_px[..., 1, None])
+    return phase_y[..., :, None] * phase_x[..., None, :]
+
+
+def shifted_probes(probe: torch.Tensor, fractions_yx_px: torch.Tensor) -> torch.Tensor:
+    """The probe (P, N, N) as each position sees it, (M, P, N, N): moved by its sub-pixel remainder.
+
+    The probe's pixel N//2 sits on a position whose integer part selects an exact object window,
+    so all sub-pixel accuracy lives here, in an exact Fourier shift of the smooth probe (the
+    model pty-chi uses), and the object itself is never interpolated.
+    """
+    return fourier_shift(probe.unsqueeze(0), fractions_yx_px.to(probe.device))
+
+
+def window_top_left(positions_yx_px: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left object pixel of each position's exact N×N window, and the sub-pixel remainder."""
+    integer, fraction = split_positions(positions_yx_px)
+    return integer - size // 2, fraction
+
+
+def window_flat_indices(top_left: torch.Tensor, size: int, width: int) -> torch.Tensor:
+    """Flat indices (B, N, N) into a (·, width) grid of the N×N windows starting at ``top_left`` (B, 2)."""
+    offsets = torch.arange(size, device=top_left.device)
+    rows = top_left[:, 0, None] + offsets
+    cols = top_left[:, 1, None] + offsets
+    return rows[:, :, None] * width + cols[:, None, :]
+
+
+def expected_counts_on_grid(
+    obj: torch.Tensor, probe: torch.Tensor, positions_yx_px: np.ndarray, intensity_scale: float
+) -> torch.Tensor:
+    """Expected counts (M, N, N) of an object (H, W) scanned by a probe (P, N, N): the simulator's model.
+
+    Exact windows of the object times the sub-pixel-shifted probe (``shifted_probes``); every
+    window must lie inside the grid (pad the object first when patches hang over its edge).
+    """
+    size = probe.shape[-1]
+    top_left, fraction = window_top_left(positions_yx_px, size)
+    height, width = obj.shape[-2], obj.shape[-1]
+    if top_left.min() < 0 or (top_left[:, 0] + size).max() > height or (top_left[:, 1] + size).max() > width:
+        raise ValueError(f"a {size}-px window leaves the {height}x{width} object grid; pad the object")
+    flat = window_flat_indices(torch.from_numpy(top_left).to(obj.device), size, width)
+    windows = obj.reshape(-1)[flat]
+    probes = shifted_probes(probe, torch.from_numpy(fraction))
+    exit_waves = windows.unsqueeze(-3) * probes
+    return intensity_scale * far_field(exit_waves).abs().square().sum(dim=-3)
 
 
 def split_positions(positions_yx_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -3,12 +3,19 @@ from configs to Trainer and DataLoader arguments (SPEC §6)."""
 
 from __future__ import annotations
 
+import errno
+import importlib.util
+import inspect
 import logging
 import math
+import os
+import pickle
+import signal
 import tempfile
 import threading
 import time
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +39,7 @@ from ptychodus_pinn.config import (
     TrainingMode,
     replace,
 )
-from ptychodus_pinn.data import Scan, ScanError
+from ptychodus_pinn.data import DiskFullError, Scan, ScanError, is_disk_full
 from ptychodus_pinn.model import PinnModel, TrainingRecord, input_normalization_for
 
 logger = logging.getLogger(__name__)
@@ -80,6 +87,75 @@ def resolve_accelerator(accelerator: Accelerator | str) -> str:
             "accelerator=mps was requested but torch sees no Apple GPU; choose accelerator cpu or auto"
         )
     return "cuda" if accelerator is Accelerator.GPU else accelerator.value
+
+
+def lightning_devices(execution: ExecutionConfig, accelerator: str | None = None) -> int | str | list[int]:
+    """``devices`` for Lightning: a count, 'auto', or GPU indices ('1,' -> [1]), checked against what torch sees."""
+    accelerator = accelerator or resolve_accelerator(execution.accelerator)
+    devices = execution.devices
+    if devices == "auto":
+        return "auto"
+    available = torch.cuda.device_count() if accelerator == "cuda" else 1 if accelerator == "mps" else None
+    if isinstance(devices, str):
+        indices = [int(part) for part in devices.split(",") if part.strip()]
+        if accelerator == "cpu":
+            raise ValueError(
+                f"ExecutionConfig.devices={devices!r} lists device indices, which only GPUs have; on the CPU give a "
+                "count such as 1 (or auto)"
+            )
+        if len(set(indices)) != len(indices):
+            raise ValueError(f"ExecutionConfig.devices={devices!r} names a device twice; list each GPU index once")
+        missing = [index for index in indices if available is not None and index >= available]
+        if missing:
+            raise AcceleratorUnavailableError(
+                f"devices={devices!r} asks for {accelerator} device {missing[0]} but torch sees {available} "
+                f"(indices 0..{(available or 1) - 1}); choose an index that exists"
+            )
+        return indices
+    if available is not None and devices > available:
+        raise AcceleratorUnavailableError(
+            f"devices={devices} asks for {devices} {accelerator} device(s) but torch sees {available}; lower devices"
+        )
+    return devices
+
+
+CLUSTER_HINT = "SLURM, torchrun, LSF, MPI or Kubeflow, or MASTER_ADDR and NODE_RANK set for each node"
+
+
+def multi_node_launch_detected() -> bool:
+    """Whether this process was started by a launcher that gives it the other nodes' rendezvous."""
+    from lightning.fabric.plugins import environments
+
+    for name in ("SLURMEnvironment", "TorchElasticEnvironment", "LSFEnvironment", "MPIEnvironment", "KubeflowEnvironment"):
+        environment = getattr(environments, name, None)
+        try:
+            if environment is not None and environment.detect():
+                return True
+        except Exception:  # a detector that cannot run (e.g. MPI without mpi4py) detects nothing
+            continue
+    return "MASTER_ADDR" in os.environ and "NODE_RANK" in os.environ
+
+
+def check_logger_available(kind: LoggerKind) -> None:
+    """A logger whose package is missing is refused before training, not after the data are loaded."""
+    needs = {LoggerKind.TENSORBOARD: ("tensorboard", "tensorboardX"), LoggerKind.MLFLOW: ("mlflow",)}.get(kind)
+    if needs and not any(importlib.util.find_spec(name) is not None for name in needs):
+        raise ValueError(
+            f"ExecutionConfig.logger={kind.value!r} needs the {needs[0]} package, which is not installed: "
+            f"pip install {needs[0]}, or choose csv or none"
+        )
+
+
+def preflight(execution: ExecutionConfig) -> None:
+    """Every execution setting that can only fail on this machine, checked before any data are read."""
+    accelerator = resolve_accelerator(execution.accelerator)
+    lightning_devices(execution, accelerator)
+    check_logger_available(execution.logger)
+    if execution.num_nodes > 1 and not multi_node_launch_detected():
+        raise ValueError(
+            f"ExecutionConfig.num_nodes={execution.num_nodes} needs a multi-node launch ({CLUSTER_HINT}); none was "
+            "detected, and training would wait for nodes that never come; on one machine use one node and several devices"
+        )
 
 
 def torch_device(accelerator: Accelerator | str) -> torch.device:
@@ -166,7 +242,8 @@ def build_datasets(
     val_parts: list[dict[str, torch.Tensor]] = []
     for index, scan in enumerate(scans):
         if scan.size_px != model.N:
-            raise ScanError(f"scan #{index} has {scan.size_px}-px patterns but the model is for N={model.N}")
+            name = scan.metadata.get("source", f"scan #{index}")
+            raise ScanError(f"{name} has {scan.size_px}-px patterns but the model is for N={model.N}")
         constants = scan_constants(scan)
         train_idx, val_idx = spatial_split(scan.positions_yx_px, training.validation_fraction)
         for indices, parts in ((train_idx, train_parts), (val_idx, val_parts)):
@@ -376,7 +453,7 @@ def trainer_arguments(
         )
     return {
         "accelerator": resolve_accelerator(execution.accelerator),
-        "devices": execution.devices,
+        "devices": lightning_devices(execution),
         "strategy": execution.strategy,
         "num_nodes": execution.num_nodes,
         "precision": execution.precision.value,
@@ -437,6 +514,88 @@ class TrainingOutOfMemoryError(RuntimeError):
     """The accelerator ran out of memory even at the smallest batch tried."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint to resume from is unsafe, damaged, foreign or for another model; the message says which."""
+
+
+class TrainingDivergedError(ValueError):
+    """Training produced NaN or infinite weights; nothing is returned or saved."""
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:100]
+
+
+def load_resume_checkpoint(path: Path) -> dict[str, Any]:
+    """Open a Lightning checkpoint safely (tensors and plain data only) before Lightning touches it.
+
+    A file crafted to run code on load is refused (``weights_only=True`` never executes it, on any
+    supported torch and whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says, as the argument is explicit);
+    a truncated, zeroed or foreign file is a :class:`CheckpointError` with one line, not a traceback.
+    """
+    path = Path(path)
+    advice = f"delete {path} (or its folder) and train without --resume"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        text = str(error)
+        if "weights only" in text.lower() or "weights_only" in text or "unsupported global" in text.lower():
+            raise CheckpointError(
+                f"refused to resume from {path}: it holds objects other than tensors and plain data, which could run "
+                f"code on load; {advice}"
+            ) from error
+        raise CheckpointError(f"cannot resume from {path}: the checkpoint is damaged ({_first_line(error)}); {advice}") from error
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError,
+            IndexError, MemoryError) as error:  # fmt: skip
+        raise CheckpointError(
+            f"cannot resume from {path}: the checkpoint is damaged or truncated ({_first_line(error)}); {advice}"
+        ) from error
+    if not (
+        isinstance(checkpoint, dict)
+        and isinstance(checkpoint.get("state_dict"), dict)
+        and isinstance(checkpoint.get("epoch"), int)
+        and "loops" in checkpoint
+    ):
+        raise CheckpointError(f"cannot resume from {path}: it is not a Lightning checkpoint of a training run; {advice}")
+    return checkpoint
+
+
+def check_resume_checkpoint(checkpoint: dict[str, Any], path: Path, module: pl.LightningModule, epochs: int) -> None:
+    """The checkpoint must hold weights of exactly this model and fewer epochs than asked for."""
+    expected = module.state_dict()
+    stored = checkpoint["state_dict"]
+    problems = [f"{name} missing" for name in expected if name not in stored]
+    problems += [f"unexpected {name}" for name in stored if name not in expected]
+    problems += [
+        f"{name} is {tuple(getattr(stored[name], 'shape', ()))}, needs {tuple(value.shape)}"
+        for name, value in expected.items()
+        if name in stored and tuple(getattr(stored[name], "shape", ())) != tuple(value.shape)
+    ]
+    if problems:
+        raise CheckpointError(
+            f"cannot resume from {path}: it was written for another model ({len(problems)} difference(s), first: "
+            f"{problems[0]}); resume with the settings of that run (N, gridsize, --n-filters-scale, ...) or train "
+            "without --resume"
+        )
+    done = int(checkpoint["epoch"]) + 1
+    if epochs <= done:
+        raise CheckpointError(
+            f"cannot resume from {path}: it has already trained {done} epoch(s) and --epochs is {epochs}; "
+            f"ask for more epochs (--epochs > {done}) to continue"
+        )
+
+
+CHECKPOINT_PATTERNS = ("last.ckpt", "last-v*.ckpt", "best-*.ckpt")
+
+
+def remove_stale_checkpoints(checkpoint_dir: Path) -> None:
+    """A new (not resumed) run starts with no checkpoints of an earlier run: ``--resume`` must never pick them up."""
+    for pattern in CHECKPOINT_PATTERNS:
+        for stale in checkpoint_dir.glob(pattern):
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
@@ -462,6 +621,9 @@ def train(
     of memory the run restarts with half the batch (twice at most), then stops with a message
     that names the settings to lower.
     """
+    preflight(config.execution)
+    if resume_from is None and checkpoint_dir is not None and checkpoint_dir.is_dir():
+        remove_stale_checkpoints(checkpoint_dir)
     batch_size = config.training.batch_size
     for attempt in range(OOM_RETRIES + 1):
         attempt_config = RunConfig(config.model, replace(config.training, batch_size=batch_size), config.execution)
@@ -528,6 +690,12 @@ def _train_once(
         temporary = tempfile.TemporaryDirectory(prefix="pinn-checkpoints-")
         checkpoint_dir = Path(temporary.name)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    fit_options: dict[str, Any] = {}
+    if resume_from is not None:
+        check_resume_checkpoint(load_resume_checkpoint(resume_from), resume_from, module, training.epochs)
+        fit_options["ckpt_path"] = str(resume_from)
+        if "weights_only" in inspect.signature(pl.Trainer.fit).parameters:
+            fit_options["weights_only"] = True  # Lightning loads it again: never with full unpickling
     trainer = pl.Trainer(**trainer_arguments(execution, training, monitor, checkpoint_dir, [progress]))
     train_loader = DataLoader(train_set, **dataloader_arguments(execution, training.batch_size, shuffle=True))
     val_loader = (
@@ -535,16 +703,43 @@ def _train_once(
         if val_set is not None and has_validation
         else None
     )
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigint_handler = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
-        trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
+        try:
+            trainer.fit(module, train_loader, val_loader, **fit_options)
+        except SystemExit as error:
+            # Lightning turns Ctrl-C into a graceful stop and sys.exit(1); the caller gets the interrupt back
+            if trainer.interrupted:
+                raise KeyboardInterrupt from error
+            raise
+        except (OSError, RuntimeError) as error:
+            if is_out_of_memory(error) or not is_disk_full(error, checkpoint_dir):
+                raise
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"cannot write checkpoints to {checkpoint_dir}: the disk is full ({_first_line(error)}); free some space "
+                "or choose another --checkpoint-dir",
+            ) from error
+        finally:
+            if sigint_handler is not None and signal.getsignal(signal.SIGINT) is not sigint_handler:
+                signal.signal(signal.SIGINT, sigint_handler)  # Lightning ignores further Ctrl-C after the first
         checkpoint = trainer.checkpoint_callback
         best_path = getattr(checkpoint, "best_model_path", "") or None
-        best_epoch = len(progress.history)
+        # epochs are counted from the first run, also after --resume
+        last_epoch = progress.history[-1].epoch if progress.history else 0
+        best_epoch = last_epoch
         if best_path and Path(best_path).exists():
             best = torch.load(best_path, map_location="cpu", weights_only=True)
             module.load_state_dict(best["state_dict"])
             best_epoch = int(best["epoch"]) + 1
-        module.model.record.epochs_trained = len(progress.history)
+        bad = [name for name, value in module.model.state_dict().items() if not bool(torch.isfinite(value).all())]
+        if bad:
+            raise TrainingDivergedError(
+                f"training diverged: {len(bad)} weight tensor(s) hold NaN or infinite values (first: {bad[0]}); "
+                "nothing was saved; lower the learning rate (--learning-rate) or clip gradients (--gradient-clip-val)"
+            )
+        module.model.record.epochs_trained = last_epoch
         module.model.to("cpu")
         return TrainResult(
             model=module.model,

@@ -452,6 +452,8 @@ class TrainInferReconstructor(_PinnReconstructorBase, TrainableReconstructor):
     def _train(self, input_path: Path, output_path: Path) -> Iterator[TrainOutput]:
         library = self._library
         values = library.settings.values()
+        model_path = model_path_for(output_path)
+        check_model_output(model_path, input_path)  # before training, never after
         scans = load_training_scans(input_path, supervised=self._mode is TrainingMode.SUPERVISED)
         goal = int(values["epochs"])
         train_losses: list[LossValue] = []
@@ -471,11 +473,8 @@ class TrainInferReconstructor(_PinnReconstructorBase, TrainableReconstructor):
             return
         model = release_device_memory(result.model)
         library.model_slot.set(model, f"{self._mode.value} training on {input_path.name}")
-        if output_path.is_dir() or not output_path.suffix:
+        if model_path.parent != output_path.parent:
             output_path.mkdir(parents=True, exist_ok=True)
-            model_path = output_path / f"{StandardFileLayout.MODEL_BASENAME}{MODEL_FILE_EXTENSION}"
-        else:
-            model_path = output_path
         library.save_model(model_path)
         logger.info(
             "Trained %d epochs in %.1f s (best epoch %d%s)",
@@ -485,6 +484,29 @@ class TrainInferReconstructor(_PinnReconstructorBase, TrainableReconstructor):
             ", stopped early" if result.stopped else "",
         )
         yield TrainOutput(train_losses, val_losses, progress=goal)
+
+
+def model_path_for(output_path: Path) -> Path:
+    """The model file a training writes: into a folder (existing, or a name without suffix) or the file named."""
+    if output_path.is_dir() or not output_path.suffix:
+        return output_path / f"{StandardFileLayout.MODEL_BASENAME}{MODEL_FILE_EXTENSION}"
+    if not output_path.name.endswith(MODEL_FILE_EXTENSION):
+        return output_path.with_name(output_path.name + MODEL_FILE_EXTENSION)  # as save_model names it
+    return output_path
+
+
+def check_model_output(model_path: Path, input_path: Path) -> None:
+    """Refuse, before training, a model location that cannot be written or that is a training file."""
+    from ptychodus_pinn.outputs import check_output_file, check_output_folder, check_outputs_spare_inputs
+
+    folder = model_path.parent
+    check_output_folder(folder, "model output")
+    if folder.is_dir():
+        check_output_file(model_path, "model output")
+    inputs = {input_path: "training data"} if input_path.is_file() else {}
+    if input_path.is_dir():
+        inputs = {path: "training data" for path in input_path.iterdir() if path.is_file()}
+    check_outputs_spare_inputs({model_path: "model output"}, inputs)
 
 
 def load_training_scans(path: Path, *, supervised: bool) -> list[Any]:

@@ -26,6 +26,13 @@ from ptychodus.api.parameters import Parameter
 from ptychodus.api.settings import SettingsRegistry
 
 from ptychodus_pinn.config import (
+    MAX_COUNT,
+    MAX_DEVICES,
+    MAX_NEIGHBORS,
+    MAX_NODES,
+    MAX_SEED,
+    MAX_WORKERS,
+    SUPPORTED_PATTERN_SIZES_PX,
     Accelerator,
     AmplitudeActivation,
     CheckpointMode,
@@ -521,6 +528,30 @@ FIELDS: tuple[Field, ...] = (
     ),
 )
 
+# the engine's upper limits, so an out-of-range number in a settings file is clamped when it is read
+# rather than refused when a run starts
+_CONFIG_MAXIMA: Mapping[str, float] = {
+    "batch_size": MAX_COUNT,
+    "inference_batch_size": MAX_COUNT,
+    "num_workers": MAX_WORKERS,
+    "seed": MAX_SEED,
+    "epochs": MAX_COUNT,
+    "warmup_epochs": MAX_COUNT,
+    "early_stop_patience": MAX_COUNT,
+    "checkpoint_save_top_k": MAX_COUNT,
+    "neighbor_count": MAX_NEIGHBORS,
+    "num_nodes": MAX_NODES,
+    "prefetch_factor": MAX_WORKERS,
+    "accumulate_grad_batches": MAX_COUNT,
+    "middle_trim": max(SUPPORTED_PATTERN_SIZES_PX) // 2 - 1,
+    "n_groups": 1000 * MAX_COUNT,
+}
+FIELDS = tuple(
+    dataclasses.replace(field, maximum=_CONFIG_MAXIMA[field.key])
+    if field.key in _CONFIG_MAXIMA and field.maximum is None
+    else field
+    for field in FIELDS
+)
 FIELDS_BY_KEY: Mapping[str, Field] = {field.key: field for field in FIELDS}
 # Config attributes that are not settings, and why.
 NOT_SETTINGS: Mapping[str, str] = {
@@ -609,9 +640,10 @@ def parse_setting(field: Field, text: str) -> Any:
             lowered = text.lower()
             if lowered in ("1", "true", "t", "yes", "y", "on"):
                 return True
-            if lowered in ("0", "false", "f", "no", "n", "off", ""):
+            if lowered in ("0", "false", "f", "no", "n", "off"):
                 return False
-            raise ValueError("expected true or false")
+            # an empty value is not "false": it would silently turn a setting that is on off
+            raise ValueError("expected true or false" + (" (the value is empty)" if not lowered else ""))
         case Kind.INT:
             try:
                 return int(text)
@@ -627,13 +659,14 @@ def parse_setting(field: Field, text: str) -> Any:
             return value
         case Kind.CHOICE:
             if field.key == "accelerator":
-                if accelerator_from_choice(text)[0] not in ACCELERATOR_CHOICES:
-                    raise ValueError(f"expected one of {', '.join(ACCELERATOR_CHOICES)} (or e.g. cuda:0)")
+                check_accelerator_choice(text)
                 return text
             if text not in field.choices:
                 raise ValueError(f"expected one of {', '.join(field.choices)}")
             return text
         case _:
+            if not text:
+                raise ValueError("expected a value (the value is empty)")
             _to_config_value(field, text)  # e.g. Devices: 'auto' or a number
             return text
 
@@ -658,9 +691,12 @@ def _to_config_value(field: Field, value: Any) -> Any:
         if text == AUTO:
             return AUTO
         try:
-            return int(text)
+            count = int(text)
         except ValueError:
-            raise ValueError(f"Devices={value!r} is not allowed; use 'auto' or a number such as 1 or 2") from None
+            count = 0
+        if not 1 <= count <= MAX_DEVICES:
+            raise ValueError(f"Devices={value!r} is not allowed; use 'auto' or a number in 1..{MAX_DEVICES} such as 1 or 2")
+        return count
     if field.key == "accelerator":
         return accelerator_from_choice(str(value))[0]
     if field.optional:
@@ -678,6 +714,15 @@ def _from_config_value(field: Field, value: Any) -> Any:
     if field.kind is Kind.TEXT:
         return str(value)
     return value
+
+
+def check_accelerator_choice(text: str) -> None:
+    """``ValueError`` unless ``text`` is an accelerator, optionally a GPU with a device index >= 0 (``cuda:1``)."""
+    kind, index = accelerator_from_choice(text)
+    if kind not in ACCELERATOR_CHOICES:
+        raise ValueError(f"expected one of {', '.join(ACCELERATOR_CHOICES)} (or a GPU by index, e.g. cuda:0)")
+    if index is not None and (index < 0 or kind not in ("cuda", "gpu", "mps") or index >= MAX_DEVICES):
+        raise ValueError(f"{text.strip()!r} is not a device: an index is given only for a GPU and counts from 0 (e.g. cuda:0)")
 
 
 def accelerator_from_choice(choice: str) -> tuple[str, int | None]:
@@ -701,6 +746,10 @@ def settings_to_run_config(
     """The one place that turns plugin settings into engine configs; ``ValueError`` names the bad field."""
     if isinstance(values, PluginSettings):
         values = values.values()
+    try:
+        check_accelerator_choice(str(values["accelerator"]))
+    except ValueError as error:
+        raise ValueError(f"accelerator={values['accelerator']!r} is not allowed: {error}") from None
     kwargs: dict[str, dict[str, Any]] = {"model": {"N": N, "mode": mode}, "training": {}, "execution": {}}
     for field in FIELDS:
         if field.config is None:

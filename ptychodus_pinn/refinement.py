@@ -1,0 +1,446 @@
+"""Joint refinement of object and probe against the likelihood of all patterns (SPEC §11).
+
+A single pattern pins its patch down poorly; the overlap between patterns is where the
+information is. Refinement takes a start object (the network's stitched output, or a flat one,
+whichever the data prefer) and improves it against every pattern at once, with the engine's
+forward model: exact integer windows of the object times the probe shifted by each position's
+sub-pixel remainder in Fourier space (``physics.shifted_probes``), ``physics.far_field``, Poisson
+(or Gaussian) likelihood over the valid detector pixels.
+
+The update is a least-squares maximum-likelihood (LSQML, Odstrčil et al. 2018) step, written here
+from the algorithm:
+
+1. *Far field.* For Poisson counts the likelihood gradient with respect to the far field is
+   ``Ψ·(1 − I/Î)``; one step along it, ``Ψ' = Ψ·(1 − a·(1 − I/Î))``, with a per-pattern length
+   ``a`` in [0, 1] found by Newton iterations on the exact Poisson likelihood of that line.
+2. *Exit-wave residual* ``χ = F⁻¹(Ψ' − Ψ)``.
+3. *Directions.* Object: ``Σ conj(P_j) χ_j`` placed on the canvas and divided by the scan's
+   illumination (damped); probe: the mean of ``conj(O_j) χ_j`` moved back by each sub-pixel shift.
+4. *Step lengths.* Per pattern, the real pair (α_O, α_P) that best explains χ by the two
+   directions (a regularised 2×2 least-squares problem); a trimmed mean over the mini-batch.
+5. *Acceleration.* After each epoch, when successive epoch updates keep pointing the same way
+   (positive correlation), a velocity with friction estimated from how fast that correlation decays
+   extrapolates the object (the momentum scheme of LSQML/PtychoShelves); it stops itself when
+   updates disagree.
+
+Everything runs in complex64 on the chosen device. ``iterate_refinement`` yields one
+:class:`RefinementReport` per epoch (cdtools-style), ``refine`` runs it to the end and returns the
+best state by likelihood. Stop (``should_stop``) is checked between mini-batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ptychodus_pinn import physics
+from ptychodus_pinn.config import NoiseModel, RefinementConfig, RefinementStart
+from ptychodus_pinn.data import Scan
+
+EPS_COUNTS = 1e-6
+
+
+@dataclass
+class RefinementReport:
+    """Progress after one epoch: the mean Poisson NLL per pattern seen during it (dose-normalised)."""
+
+    epoch: int
+    epochs: int
+    nll: float
+    seconds: float
+    batch_size: int = 0
+    stopped: bool = False
+
+
+@dataclass
+class RefinementResult:
+    """The refined object on the scan's grid, the refined probe, and how it went."""
+
+    object: np.ndarray
+    probe: np.ndarray
+    illuminated: np.ndarray
+    start: RefinementStart
+    start_nll: dict[str, float]
+    history: list[RefinementReport] = field(default_factory=list)
+    best_epoch: int = 0
+    seconds: float = 0.0
+    stopped: bool = False
+
+
+class RefinementProblem:
+    """A scan and the state being refined, on an object canvas padded so every window fits.
+
+    The intensity scale is folded into the probe (``sqrt(scale)·P``) so the model is plain
+    ``Σ_p |F(O·P_p)|²``; ``probe`` and ``object`` give them back in the scan's units.
+    """
+
+    def __init__(self, scan: Scan, initial_object: np.ndarray, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.size = scan.size_px
+        self.pad = self.size // 2 + 2
+        height, width = scan.object_shape
+        self.object_shape = (height, width)
+        self.canvas_shape = (height + 2 * self.pad, width + 2 * self.pad)
+        top_left, fraction = physics.window_top_left(scan.positions_yx_px + self.pad, self.size)
+        self.top_left = torch.from_numpy(top_left).to(self.device)
+        self.ramps = torch.from_numpy(fraction).to(self.device, torch.float32)
+        # patterns and mask with zero frequency moved to the corner, once: for even N,
+        # |fft2(ψ)|² = ifftshift(|far_field(ψ)|²) exactly, so the loop needs no fftshift rolls
+        self.patterns = torch.fft.ifftshift(torch.from_numpy(scan.patterns).to(self.device), dim=(-2, -1))
+        valid = np.ones((self.size, self.size), bool) if scan.bad_pixels is None else ~scan.bad_pixels
+        self.valid = torch.fft.ifftshift(torch.from_numpy(valid).to(self.device, torch.float32), dim=(-2, -1))
+        # counts on valid pixels only: a masked pixel may hold anything (hot, saturated, dead)
+        self.mean_counts = max(float((self.patterns * self.valid).sum()) / self.count, EPS_COUNTS)
+        self.scale = self.mean_counts / float(np.sum(np.abs(scan.probe) ** 2))
+        self.probe = torch.from_numpy(scan.probe).to(self.device, torch.complex64) * math.sqrt(self.scale)
+        self.probe_power = float(self.probe.abs().square().sum())
+        self.canvas = self._padded(initial_object)
+        self.illumination = self.compute_illumination()
+
+    # ------------------------------------------------------------------------------- geometry
+
+    @property
+    def count(self) -> int:
+        return int(self.patterns.shape[0])
+
+    def _padded(self, obj: np.ndarray) -> torch.Tensor:
+        canvas = torch.ones(self.canvas_shape, dtype=torch.complex64, device=self.device)
+        pad = self.pad
+        canvas[pad : pad + self.object_shape[0], pad : pad + self.object_shape[1]] = torch.from_numpy(
+            np.asarray(obj, np.complex64)
+        ).to(self.device)
+        return canvas
+
+    def cropped(self, canvas: torch.Tensor) -> torch.Tensor:
+        pad = self.pad
+        return canvas[pad : pad + self.object_shape[0], pad : pad + self.object_shape[1]]
+
+    def flat_indices(self, batch: torch.Tensor) -> torch.Tensor:
+        return physics.window_flat_indices(self.top_left[batch], self.size, self.canvas_shape[1])
+
+    def probes_for(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, P, N, N): the probe shifted by each pattern's sub-pixel remainder."""
+        return physics.shifted_probes(self.probe, self.ramps[batch])
+
+    def compute_illumination(self) -> torch.Tensor:
+        """Σ_j |P_j|² on the canvas (the preconditioner of the object update)."""
+        illumination = torch.zeros(self.canvas_shape[0] * self.canvas_shape[1], device=self.device)
+        for batch in torch.arange(self.count, device=self.device).split(256):
+            intensity = self.probes_for(batch).abs().square().sum(dim=1)
+            illumination.index_add_(0, self.flat_indices(batch).reshape(-1), intensity.reshape(-1))
+        return illumination.reshape(self.canvas_shape)
+
+    # ------------------------------------------------------------------------------- physics
+
+    def expected(self, canvas: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        windows = canvas.reshape(-1)[self.flat_indices(batch)]
+        return _far_field(windows[:, None] * self.probes_for(batch)).abs().square().sum(dim=1)
+
+    def nll(self, canvas: torch.Tensor) -> float:
+        """Dose-normalised Poisson NLL per pattern of a canvas over the whole scan."""
+        total = 0.0
+        for batch in torch.arange(self.count, device=self.device).split(256):
+            total += float(self._batch_nll(self.expected(canvas, batch), self.patterns[batch]).sum())
+        return total / self.count / self.mean_counts
+
+    def _batch_nll(self, predicted: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
+        per_pixel = (predicted - measured * torch.log(predicted + EPS_COUNTS)) * self.valid
+        return per_pixel.sum(dim=(-2, -1))
+
+
+def _far_field(exit_waves: torch.Tensor) -> torch.Tensor:
+    """``physics.far_field`` without its shifts: zero frequency at the corner (see RefinementProblem)."""
+    return torch.fft.fft2(exit_waves, norm="ortho")
+
+
+def _poisson_step_lengths(predicted: torch.Tensor, measured: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-pattern a in [0, 1] minimising the Poisson NLL of Î·(1 − a·ξ)², ξ = 1 − I/Î (Newton)."""
+    xi = (1 - measured / (predicted + EPS_COUNTS)) * valid
+    step = torch.full(predicted.shape[:1], 0.5, device=predicted.device)
+    for _ in range(4):
+        factor = (1 - step[:, None, None] * xi).clamp_min(1e-3)
+        gradient = (-2 * predicted * xi * factor + 2 * measured * xi / factor).sum(dim=(-2, -1))
+        curvature = (2 * predicted * xi.square() + 2 * measured * xi.square() / factor.square()).sum(dim=(-2, -1))
+        step = (step - gradient / curvature.clamp_min(1e-30)).clamp(0, 1)
+    return step
+
+
+def _trimmed_mean(values: torch.Tensor, fraction: float = 0.1) -> torch.Tensor:
+    count = values.numel()
+    cut = int(count * fraction / 2)
+    ordered = values.sort().values
+    return ordered[cut : count - cut].mean() if count - 2 * cut > 0 else ordered.mean()
+
+
+class _EpochUpdates:
+    """The object's last epoch updates: how they correlate drives batch growth and momentum.
+
+    Successive updates that point against each other (lag-1 correlation < 0) mean mini-batch
+    noise has overtaken progress: the batch doubles. Updates that keep pointing the same way
+    feed a heavy-ball velocity whose friction is the decay rate of that correlation with lag
+    (the LSQML/PtychoShelves acceleration); when they disagree the velocity halves.
+    """
+
+    MEMORY = 2
+
+    def __init__(self, gain: float) -> None:
+        self.gain = gain
+        self.history: list[torch.Tensor] = []
+        self.velocity: torch.Tensor | None = None
+
+    def record(self, update: torch.Tensor) -> list[float]:
+        """Add an epoch's update; return its correlations with the previous ones (lag 1, 2, …)."""
+        norm = update.abs().square().mean().sqrt()
+        if not torch.isfinite(norm) or norm == 0:
+            return []
+        self.history.append(update / norm)
+        if len(self.history) > self.MEMORY + 1:
+            self.history.pop(0)
+        current = self.history[-1]
+        return [float((previous.conj() * current).mean().real) for previous in self.history[-2::-1]]
+
+    def extrapolation(self, update: torch.Tensor, correlations: list[float], weight: torch.Tensor) -> torch.Tensor | None:
+        """The extra move to add after this epoch, or None."""
+        if self.gain <= 0:
+            return None
+        if self.velocity is None:
+            self.velocity = torch.zeros_like(update)
+        if len(correlations) < self.MEMORY:
+            return None
+        if min(correlations) <= 0:
+            self.velocity = self.velocity / 2
+            return None
+        # correlation ~ exp(-friction·lag): least-squares slope of log-correlation through the origin
+        lags = np.arange(1, self.MEMORY + 1)
+        slope = float(np.sum(lags * np.log(correlations)) / np.sum(lags**2))
+        friction = 0.5 * max(-slope, 0.0)
+        self.velocity = (1 - friction) * self.velocity + update
+        return self.gain * weight * self.velocity
+
+
+def choose_start(
+    problem: RefinementProblem, network_object: np.ndarray | None, start: RefinementStart
+) -> tuple[RefinementStart, dict[str, float]]:
+    """Pick the start by likelihood (auto) so a poor network start can never hurt; returns the choice and NLLs.
+
+    Each candidate's amplitude is first scaled so its predicted counts match the measured ones.
+    """
+    candidates: dict[RefinementStart, torch.Tensor] = {
+        RefinementStart.FLAT: problem._padded(np.ones(problem.object_shape, np.complex64))
+    }
+    if network_object is not None and start is not RefinementStart.FLAT:
+        candidates[RefinementStart.NETWORK] = problem._padded(network_object)
+    scores: dict[str, float] = {}
+    measured_total = float((problem.patterns * problem.valid).sum())
+    for name, canvas in candidates.items():
+        batches = torch.arange(problem.count, device=problem.device).split(256)
+        predicted_total = sum(float((problem.expected(canvas, batch) * problem.valid).sum()) for batch in batches)
+        if predicted_total > 0 and math.isfinite(predicted_total):
+            canvas *= math.sqrt(measured_total / predicted_total)
+        scores[name.value] = problem.nll(canvas)
+    if start is RefinementStart.AUTO:
+        chosen = min(candidates, key=lambda name: scores[name.value] if math.isfinite(scores[name.value]) else math.inf)
+    else:
+        chosen = start if start in candidates else RefinementStart.FLAT
+    problem.canvas = candidates[chosen]
+    return chosen, scores
+
+
+RESIDUAL_BUDGET_BYTES = 256 * 2**20
+
+
+def max_batch_patterns(size_px: int, probe_modes: int = 1) -> int:
+    """Largest batch refinement grows to: the whole scan while its residuals fit a 256 MiB budget."""
+    return max(64, RESIDUAL_BUDGET_BYTES // (8 * probe_modes * size_px * size_px))
+
+
+def iterate_refinement(
+    problem: RefinementProblem,
+    config: RefinementConfig,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[RefinementReport]:
+    """Refine ``problem.canvas`` (and the probe on request) in place, yielding a report per epoch.
+
+    Mini-batches start at ``config.batch_size`` (many cheap updates while far from the answer)
+    and double whenever successive epoch updates disagree, up to the whole scan (or the memory
+    cap), where the LSQML step and the momentum converge without mini-batch noise.
+    """
+    generator = torch.Generator().manual_seed(config.seed)
+    updates = _EpochUpdates(config.momentum_gain)
+    started = time.perf_counter()
+    batch_size = min(config.batch_size, problem.count)
+    largest_batch = min(problem.count, max(config.batch_size, max_batch_patterns(problem.size, problem.probe.shape[0])))
+    for epoch in range(1, config.epochs + 1):
+        epoch_start_canvas = problem.canvas.clone()
+        refine_probe = config.refine_probe and epoch >= config.probe_start_epoch
+        illumination = problem.illumination.reshape(-1)
+        preconditioner = torch.sqrt(illumination.square() + (config.preconditioner_damping * illumination.max()) ** 2)
+        nll_sum = 0.0
+        seen = 0
+        stopped = False
+        order = torch.randperm(problem.count, generator=generator).to(problem.device)
+        for batch in order.split(batch_size):
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+            nll_sum += _minibatch_step(problem, batch, preconditioner, config.noise_model, refine_probe)
+            seen += int(batch.numel())
+        if refine_probe:
+            # keep the probe's power (the intensity scale comes from the data); the object carries the rest
+            power = float(problem.probe.abs().square().sum())
+            problem.probe = problem.probe * math.sqrt(problem.probe_power / max(power, 1e-30))
+            problem.illumination = problem.compute_illumination()
+        if not stopped:
+            update = problem.canvas - epoch_start_canvas
+            correlations = updates.record(update)
+            if correlations and correlations[0] < 0 and batch_size < largest_batch:
+                batch_size = min(2 * batch_size, largest_batch)
+            weight = problem.illumination / (problem.illumination + 0.1 * problem.illumination.max())
+            extra = updates.extrapolation(update, correlations, weight)
+            if extra is not None:
+                problem.canvas = problem.canvas + extra
+        yield RefinementReport(
+            epoch=epoch,
+            epochs=config.epochs,
+            nll=nll_sum / max(seen, 1) / problem.mean_counts,
+            seconds=time.perf_counter() - started,
+            batch_size=batch_size,
+            stopped=stopped,
+        )
+        if stopped:
+            return
+
+
+CHUNK_PATTERNS = 128
+
+
+def _minibatch_step(
+    problem: RefinementProblem, batch: torch.Tensor, preconditioner: torch.Tensor, noise_model: NoiseModel, refine_probe: bool
+) -> float:
+    """One LSQML update of the canvas (and probe) from a mini-batch; returns the batch's summed NLL before it.
+
+    The batch is worked through in chunks (cache-sized tensors): a first pass gathers the
+    exit-wave residuals and the update directions, a second finds the step lengths.
+    """
+    chunks = batch.split(CHUNK_PATTERNS)
+    canvas_direction = torch.zeros(preconditioner.shape, dtype=torch.complex64, device=problem.device)
+    probe_direction = torch.zeros_like(problem.probe)
+    residuals = []
+    batch_nll = 0.0
+    for chunk in chunks:
+        flat = problem.flat_indices(chunk)
+        windows = problem.canvas.reshape(-1)[flat]  # (B, N, N)
+        probes = problem.probes_for(chunk)  # (B, P, N, N)
+        chi, nll = _exit_wave_residual(problem, windows[:, None] * probes, problem.patterns[chunk], noise_model)
+        batch_nll += nll
+        canvas_direction.index_add_(0, flat.reshape(-1), (probes.conj() * chi).sum(dim=1).reshape(-1))
+        if refine_probe:
+            probe_direction += physics.fourier_shift(windows.conj()[:, None] * chi, -problem.ramps[chunk]).sum(dim=0)
+        residuals.append((chunk, flat, windows, probes, chi))
+    canvas_direction = canvas_direction / preconditioner
+    probe_direction = probe_direction / batch.numel()  # the mean: in the probe's own frame
+
+    sums: list[list[torch.Tensor]] = [[], [], [], [], []]  # a11, b1, a22, a12, b2 per pattern
+    for chunk, flat, windows, probes, chi in residuals:
+        object_term = canvas_direction[flat][:, None] * probes
+        sums[0].append(object_term.abs().square().sum(dim=(1, 2, 3)))
+        sums[1].append((object_term.conj() * chi).real.sum(dim=(1, 2, 3)))
+        if refine_probe:
+            probe_term = windows[:, None] * physics.shifted_probes(probe_direction, problem.ramps[chunk])
+            sums[2].append(probe_term.abs().square().sum(dim=(1, 2, 3)))
+            sums[3].append((object_term.conj() * probe_term).real.sum(dim=(1, 2, 3)))
+            sums[4].append((probe_term.conj() * chi).real.sum(dim=(1, 2, 3)))
+    a11, b1 = torch.cat(sums[0]), torch.cat(sums[1])
+    if refine_probe:
+        a22, a12, b2 = torch.cat(sums[2]), torch.cat(sums[3]), torch.cat(sums[4])
+        # per pattern, the real (α_O, α_P) that best explain χ by both directions; damped as in LSQML
+        a11r = a11 + 0.1 * a11.mean() + 1e-20
+        a22r = a22 + 0.1 * a22.mean() + 1e-20
+        determinant = a11r * a22r - a12.square()
+        alpha_object = ((a22r * b1 - a12 * b2) / determinant).clamp_min(0)
+        alpha_probe = ((a11r * b2 - a12 * b1) / determinant).clamp_min(0)
+        problem.probe = problem.probe + _trimmed_mean(alpha_probe) * probe_direction
+    else:
+        alpha_object = (b1 / (a11 + 1e-20)).clamp_min(0)
+    problem.canvas = problem.canvas + _trimmed_mean(alpha_object) * canvas_direction.reshape(problem.canvas_shape)
+    return batch_nll
+
+
+def _exit_wave_residual(
+    problem: RefinementProblem, exit_waves: torch.Tensor, measured: torch.Tensor, noise_model: NoiseModel
+) -> tuple[torch.Tensor, float]:
+    """χ = F⁻¹(Ψ' − Ψ) for exit waves (B, P, N, N), and the summed NLL of the patterns before the step."""
+    far = _far_field(exit_waves)
+    predicted = far.abs().square().sum(dim=1)
+    nll = float(problem._batch_nll(predicted, measured).sum())
+    if noise_model is NoiseModel.POISSON:
+        lengths = _poisson_step_lengths(predicted, measured, problem.valid)
+        xi = (1 - measured / (predicted + EPS_COUNTS)) * problem.valid
+        far_change = -(lengths[:, None, None] * xi)[:, None] * far
+    else:
+        ratio = torch.sqrt(measured / (predicted + EPS_COUNTS))
+        far_change = ((ratio - 1) * problem.valid)[:, None] * far
+    return torch.fft.ifft2(far_change, norm="ortho"), nll
+
+
+def refine(
+    scan: Scan,
+    network_object: np.ndarray | None = None,
+    config: RefinementConfig | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    on_epoch: Callable[[RefinementReport], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RefinementResult:
+    """Refine a scan's object from the network's object (or flat, as the data decide).
+
+    Returns the state with the lowest Poisson NLL among the epochs' starting states and the final
+    one (the final one unless refinement went the wrong way); after Stop, the state reached.
+    """
+    config = config or RefinementConfig()
+    started = time.perf_counter()
+    start_object = None if network_object is None else _filled(network_object)
+    problem = RefinementProblem(scan, np.ones(scan.object_shape, np.complex64), device)
+    chosen, start_scores = choose_start(problem, start_object, config.start)
+    best_nll = start_scores[chosen.value]
+    best = (problem.canvas.clone(), problem.probe.clone(), 0)
+    before = best
+    history: list[RefinementReport] = []
+    for report in iterate_refinement(problem, config, should_stop):
+        history.append(report)
+        if on_epoch is not None:
+            on_epoch(report)
+        # an epoch's NLL is gathered before each mini-batch's update: it scores the state it started from
+        if math.isfinite(report.nll) and report.nll < best_nll:
+            best_nll, best = report.nll, before
+        before = (problem.canvas.clone(), problem.probe.clone(), report.epoch)
+    stopped = bool(history and history[-1].stopped)
+    if history and (stopped or problem.nll(problem.canvas) <= best_nll):
+        best = before
+    canvas, probe, best_epoch = best
+    illuminated = problem.cropped(problem.illumination) > 1e-3 * float(problem.illumination.max())
+    return RefinementResult(
+        object=problem.cropped(canvas).cpu().numpy().astype(np.complex64),
+        probe=(probe / math.sqrt(problem.scale)).cpu().numpy().astype(np.complex64),
+        illuminated=illuminated.cpu().numpy(),
+        start=chosen,
+        start_nll=start_scores,
+        history=history,
+        best_epoch=best_epoch,
+        seconds=time.perf_counter() - started,
+        stopped=stopped,
+    )
+
+
+def _filled(obj: np.ndarray) -> np.ndarray:
+    """The network's object with unlit (zero) and non-finite pixels set to its mean amplitude."""
+    obj = np.asarray(obj, np.complex64)
+    usable = np.isfinite(obj) & (np.abs(obj) > 0)
+    if not usable.any():
+        return np.ones(obj.shape, np.complex64)
+    return np.where(usable, obj, np.float32(np.abs(obj[usable]).mean())).astype(np.complex64)

@@ -1,0 +1,220 @@
+"""Refinement (SPEC §11): the forward model it shares with the simulator, its fixed point, quality from
+a flat start, probe recovery, the start choice, Stop and progress."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from ptychodus_pinn import physics
+from ptychodus_pinn.config import RefinementConfig, RefinementStart
+from ptychodus_pinn.data import Scan
+from ptychodus_pinn.metrics import compare
+from ptychodus_pinn.refinement import RefinementProblem, iterate_refinement, refine
+from ptychodus_pinn.simulate import simulate_scan
+
+
+@pytest.fixture(scope="module")
+def bright_scan() -> Scan:
+    """N = 32, 144 jittered positions with fractional coordinates, 10⁶ photons."""
+    return simulate_scan("siemens", photons=1e6, n_positions=144, N=32, seed=3)
+
+
+def _noiseless(scan: Scan) -> Scan:
+    """The same scan with its expected counts as data (not integers: a pure model check)."""
+    scale = float(np.sum(np.abs(scan.patterns), dtype=np.float64) / scan.count)
+    truth = torch.from_numpy(scan.ground_truth)
+    expected = physics.expected_counts_on_grid(truth, torch.from_numpy(scan.probe), scan.positions_yx_px, 1.0)
+    expected = expected * (scale / float(expected.sum() / scan.count))
+    return Scan(
+        patterns=expected.numpy(),
+        positions_yx_px=scan.positions_yx_px,
+        probe=scan.probe,
+        object_shape=scan.object_shape,
+        ground_truth=scan.ground_truth,
+    )
+
+
+def test_fourier_shift_moves_content_by_plus_d_not_mirrored():
+    """Asymmetric golden case: a smooth blob at (10, 20) shifted by (+1.5, -3) peaks at (11.5, 17)."""
+    yy, xx = np.mgrid[0:32, 0:40].astype(np.float64)
+    blob = np.exp(-((yy - 10) ** 2 + (xx - 20) ** 2) / 8.0)
+    moved = physics.fourier_shift(torch.from_numpy(blob), torch.tensor([1.5, -3.0], dtype=torch.float64)).numpy()
+    expected = np.exp(-((yy - 11.5) ** 2 + (xx - 17) ** 2) / 8.0)
+    assert np.abs(moved - expected).max() < 1e-6
+
+
+def test_shifted_probe_model_matches_integer_extraction_at_integer_positions(bright_scan):
+    """At integer positions the exact model and the engine's patch model agree to float precision."""
+    positions = np.rint(bright_scan.positions_yx_px[:20])
+    truth = torch.from_numpy(bright_scan.ground_truth)
+    probe = torch.from_numpy(bright_scan.probe)
+    exact = physics.expected_counts_on_grid(truth, probe, positions, 3.0)
+    patches = physics.extract_patches(truth, positions, 32)
+    reference = physics.predicted_counts(patches, probe, 3.0)
+    assert torch.allclose(exact, reference.to(exact.dtype), rtol=1e-4, atol=1e-4)
+
+
+def test_truth_is_a_fixed_point_with_fractional_positions(bright_scan):
+    """Noiseless data from the simulator: refinement's model is the same, so the truth does not move."""
+    scan = _noiseless(bright_scan)
+    assert np.abs(scan.positions_yx_px - np.rint(scan.positions_yx_px)).max() > 0.2  # truly sub-pixel
+    problem = RefinementProblem(scan, scan.ground_truth)
+    # the data's intensity scale differs from the simulator's by the object's mean power: fit it once
+    start = problem.canvas.clone()
+    from ptychodus_pinn.refinement import choose_start
+
+    choose_start(problem, scan.ground_truth, RefinementStart.NETWORK)
+    start = problem.canvas.clone()
+    start_nll = problem.nll(start)
+    for _ in iterate_refinement(problem, RefinementConfig(epochs=3)):
+        pass
+    lit = problem.illumination > 0.05 * problem.illumination.max()
+    change = float((problem.canvas - start)[lit].abs().max() / start[lit].abs().mean())
+    assert change < 0.02, f"the truth moved by {change:.3f} of its mean amplitude"
+    assert problem.nll(problem.canvas) <= start_nll + 1e-6
+
+
+def test_refinement_from_flat_recovers_the_object(bright_scan):
+    result = refine(bright_scan, None, RefinementConfig(epochs=25))
+    quality = compare(result.object, bright_scan.ground_truth, result.illuminated)
+    assert result.start is RefinementStart.FLAT
+    assert quality.phase_ssim > 0.85, quality
+    assert quality.phase_ssim > quality.flat_phase_ssim + 0.6
+    # likelihood went down epoch over epoch (within noise of the mini-batch estimate)
+    nll = [report.nll for report in result.history]
+    assert nll[-1] < nll[0]
+
+
+@pytest.mark.parametrize("kind,path", [("natural", "raster"), ("grains", "spiral")])
+def test_refinement_works_on_other_objects_and_scan_paths(kind, path):
+    scan = simulate_scan(kind, photons=1e6, n_positions=144, N=32, seed=5, path=path)
+    result = refine(scan, None, RefinementConfig(epochs=25))
+    quality = compare(result.object, scan.ground_truth, result.illuminated)
+    assert quality.phase_ssim > 0.75, (kind, path, quality)
+
+
+def test_a_worse_than_flat_network_start_does_not_lower_the_result(bright_scan):
+    rng = np.random.default_rng(0)
+    garbage = (0.3 + rng.random(bright_scan.object_shape)) * np.exp(3j * rng.standard_normal(bright_scan.object_shape))
+    config = RefinementConfig(epochs=8)
+    from_garbage = refine(bright_scan, garbage.astype(np.complex64), config)
+    from_flat = refine(bright_scan, None, config)
+    assert from_garbage.start is RefinementStart.FLAT
+    assert from_garbage.start_nll["network"] > from_garbage.start_nll["flat"]
+    good = compare(from_flat.object, bright_scan.ground_truth, from_flat.illuminated).phase_ssim
+    after_garbage = compare(from_garbage.object, bright_scan.ground_truth, from_garbage.illuminated).phase_ssim
+    assert after_garbage == pytest.approx(good, abs=1e-6)
+
+
+def test_a_good_network_start_is_chosen_and_helps(bright_scan):
+    rng = np.random.default_rng(1)
+    # a blurred, noisy truth plays the role of a decent network output
+    from scipy.ndimage import gaussian_filter
+
+    truth = bright_scan.ground_truth
+    decent = gaussian_filter(truth.real, 1.5) + 1j * gaussian_filter(truth.imag, 1.5)
+    decent = (decent + 0.02 * rng.standard_normal(truth.shape)).astype(np.complex64)
+    config = RefinementConfig(epochs=4)
+    from_network = refine(bright_scan, decent, config)
+    from_flat = refine(bright_scan, None, config)
+    assert from_network.start is RefinementStart.NETWORK
+    network_quality = compare(from_network.object, truth, from_network.illuminated).phase_ssim
+    flat_quality = compare(from_flat.object, truth, from_flat.illuminated).phase_ssim
+    assert network_quality > flat_quality
+
+
+def _probe_error(estimate: np.ndarray, truth: np.ndarray) -> float:
+    """Relative error after removing the global phase and scale (the probe's own ambiguities)."""
+    inner = np.vdot(estimate, truth)
+    fitted = estimate * (inner / np.vdot(estimate, estimate))
+    return float(np.linalg.norm(fitted - truth) / np.linalg.norm(truth))
+
+
+def test_probe_refinement_recovers_a_perturbed_probe():
+    scan = simulate_scan("grains", photons=1e6, n_positions=144, N=32, seed=7)
+    true_probe = scan.probe.copy()
+    yy, xx = np.mgrid[0:32, 0:32] - 16
+    guess = true_probe * np.exp(1.2j * ((yy**2 + xx**2) / 8.0**2))  # wrong defocus
+    guess_scan = Scan(
+        patterns=scan.patterns,
+        positions_yx_px=scan.positions_yx_px,
+        probe=guess.astype(np.complex64),
+        object_shape=scan.object_shape,
+        ground_truth=scan.ground_truth,
+    )
+    fixed = refine(guess_scan, None, RefinementConfig(epochs=30))
+    refined = refine(guess_scan, None, RefinementConfig(epochs=30, refine_probe=True))
+    before = _probe_error(guess[0], true_probe[0])
+    after = _probe_error(refined.probe[0], true_probe[0])
+    assert after < 0.5 * before, (before, after)
+    quality_fixed = compare(fixed.object, scan.ground_truth, fixed.illuminated).phase_ssim
+    quality_refined = compare(refined.object, scan.ground_truth, refined.illuminated).phase_ssim
+    assert quality_refined > quality_fixed + 0.05, (quality_fixed, quality_refined)
+    # power kept: the intensity scale comes from the data, the object carries the rest
+    assert np.sum(np.abs(refined.probe) ** 2) == pytest.approx(np.sum(np.abs(guess) ** 2), rel=1e-3)
+
+
+def test_bad_pixels_are_ignored(bright_scan):
+    rng = np.random.default_rng(2)
+    bad = rng.random((32, 32)) < 0.05
+    patterns = bright_scan.patterns.copy()
+    patterns[:, bad] = 1e6  # hot pixels: garbage that must not matter
+    scan = Scan(
+        patterns=patterns,
+        positions_yx_px=bright_scan.positions_yx_px,
+        probe=bright_scan.probe,
+        object_shape=bright_scan.object_shape,
+        bad_pixels=bad,
+        ground_truth=bright_scan.ground_truth,
+    )
+    config = RefinementConfig(epochs=15)
+    masked = refine(scan, None, config)
+    clean = refine(bright_scan, None, config)
+    masked_quality = compare(masked.object, scan.ground_truth, masked.illuminated).phase_ssim
+    clean_quality = compare(clean.object, scan.ground_truth, clean.illuminated).phase_ssim
+    assert masked_quality > clean_quality - 0.1, (masked_quality, clean_quality)
+
+
+def test_progress_per_epoch_and_stop_keeps_the_state(bright_scan):
+    reports = []
+    calls = {"count": 0}
+
+    def stop_after_some_batches() -> bool:
+        calls["count"] += 1
+        return calls["count"] > 12
+
+    started = time.perf_counter()
+    result = refine(bright_scan, None, RefinementConfig(epochs=200), on_epoch=reports.append, should_stop=stop_after_some_batches)
+    assert time.perf_counter() - started < 30
+    assert result.stopped
+    assert [report.epoch for report in reports] == list(range(1, len(reports) + 1))
+    assert reports[-1].stopped and len(reports) < 200
+    assert np.isfinite(result.object).all()
+    quality = compare(result.object, bright_scan.ground_truth, result.illuminated)
+    assert quality.phase_ssim > quality.flat_phase_ssim
+
+
+def test_config_is_validated_with_the_field_named():
+    with pytest.raises(ValueError, match=r"RefinementConfig\.epochs=-1"):
+        RefinementConfig(epochs=-1)
+    with pytest.raises(ValueError, match=r"RefinementConfig\.start='best'.*auto, network, flat"):
+        RefinementConfig(start="best")
+    with pytest.raises(ValueError, match=r"momentum_gain"):
+        RefinementConfig(momentum_gain=math.nan)
+
+
+@pytest.mark.gpu
+def test_refinement_on_gpu_matches_cpu(bright_scan):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    config = RefinementConfig(epochs=5)
+    on_cpu = refine(bright_scan, None, config, device="cpu")
+    on_gpu = refine(bright_scan, None, config, device="cuda")
+    cpu_quality = compare(on_cpu.object, bright_scan.ground_truth, on_cpu.illuminated).phase_ssim
+    gpu_quality = compare(on_gpu.object, bright_scan.ground_truth, on_gpu.illuminated).phase_ssim
+    assert gpu_quality == pytest.approx(cpu_quality, abs=0.02)

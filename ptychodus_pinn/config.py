@@ -420,6 +420,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    refinement: RefinementConfig = field(default_factory=RefinementConfig)
 
 
 def preset_configs(preset: Preset | str, N: int = 64) -> tuple[ModelConfig, TrainingConfig]:

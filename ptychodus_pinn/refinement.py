@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +55,7 @@ class RefinementReport:
     seconds: float
     batch_size: int = 0
     stopped: bool = False
+    snapshot: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -98,8 +99,10 @@ class RefinementProblem:
         self.mean_counts = max(float((self.patterns * self.valid).sum()) / self.count, EPS_COUNTS)
         self.scale = self.mean_counts / float(np.sum(np.abs(scan.probe) ** 2))
         self.probe = torch.from_numpy(scan.probe).to(self.device, torch.complex64) * math.sqrt(self.scale)
-        self.probe_power = float(self.probe.abs().square().sum())
+        self.probe_power = float(_abs2(self.probe).sum())
         self.canvas = self._padded(initial_object)
+        self._shifted_cache: torch.Tensor | None = None
+        self._cache_fits = 8 * self.probe.numel() * self.count <= RESIDUAL_BUDGET_BYTES
         self.illumination = self.compute_illumination()
 
     # ------------------------------------------------------------------------------- geometry
@@ -124,14 +127,27 @@ class RefinementProblem:
         return physics.window_flat_indices(self.top_left[batch], self.size, self.canvas_shape[1])
 
     def probes_for(self, batch: torch.Tensor) -> torch.Tensor:
-        """(B, P, N, N): the probe shifted by each pattern's sub-pixel remainder."""
+        """(B, P, N, N): the probe shifted by each pattern's sub-pixel remainder.
+
+        Cached for the whole scan while the probe stays fixed and the cache fits the residual
+        budget (it saves two of the four FFTs per pattern and step); ``probe_changed`` drops it.
+        """
+        if self._shifted_cache is None and self._cache_fits:
+            self._shifted_cache = physics.shifted_probes(self.probe, self.ramps)
+        if self._shifted_cache is not None:
+            return self._shifted_cache[batch]
         return physics.shifted_probes(self.probe, self.ramps[batch])
+
+    def probe_changed(self) -> None:
+        """A refined probe changes every mini-batch: shift it per batch from now on."""
+        self._shifted_cache = None
+        self._cache_fits = False
 
     def compute_illumination(self) -> torch.Tensor:
         """Σ_j |P_j|² on the canvas (the preconditioner of the object update)."""
         illumination = torch.zeros(self.canvas_shape[0] * self.canvas_shape[1], device=self.device)
         for batch in torch.arange(self.count, device=self.device).split(256):
-            intensity = self.probes_for(batch).abs().square().sum(dim=1)
+            intensity = _abs2(self.probes_for(batch)).sum(dim=1)
             illumination.index_add_(0, self.flat_indices(batch).reshape(-1), intensity.reshape(-1))
         return illumination.reshape(self.canvas_shape)
 
@@ -139,7 +155,7 @@ class RefinementProblem:
 
     def expected(self, canvas: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
         windows = canvas.reshape(-1)[self.flat_indices(batch)]
-        return _far_field(windows[:, None] * self.probes_for(batch)).abs().square().sum(dim=1)
+        return _abs2(_far_field(windows[:, None] * self.probes_for(batch))).sum(dim=1)
 
     def nll(self, canvas: torch.Tensor) -> float:
         """Dose-normalised Poisson NLL per pattern of a canvas over the whole scan."""
@@ -151,6 +167,11 @@ class RefinementProblem:
     def _batch_nll(self, predicted: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
         per_pixel = (predicted - measured * torch.log(predicted + EPS_COUNTS)) * self.valid
         return per_pixel.sum(dim=(-2, -1))
+
+
+def _abs2(values: torch.Tensor) -> torch.Tensor:
+    """|z|² without the square root that ``abs`` takes."""
+    return torch.view_as_real(values).square().sum(dim=-1)
 
 
 def _far_field(exit_waves: torch.Tensor) -> torch.Tensor:
@@ -292,8 +313,9 @@ def iterate_refinement(
             seen += int(batch.numel())
         if refine_probe:
             # keep the probe's power (the intensity scale comes from the data); the object carries the rest
-            power = float(problem.probe.abs().square().sum())
+            power = float(_abs2(problem.probe).sum())
             problem.probe = problem.probe * math.sqrt(problem.probe_power / max(power, 1e-30))
+            problem.probe_changed()
             problem.illumination = problem.compute_illumination()
         if not stopped:
             update = problem.canvas - epoch_start_canvas
@@ -348,11 +370,11 @@ def _minibatch_step(
     sums: list[list[torch.Tensor]] = [[], [], [], [], []]  # a11, b1, a22, a12, b2 per pattern
     for chunk, flat, windows, probes, chi in residuals:
         object_term = canvas_direction[flat][:, None] * probes
-        sums[0].append(object_term.abs().square().sum(dim=(1, 2, 3)))
+        sums[0].append(_abs2(object_term).sum(dim=(1, 2, 3)))
         sums[1].append((object_term.conj() * chi).real.sum(dim=(1, 2, 3)))
         if refine_probe:
             probe_term = windows[:, None] * physics.shifted_probes(probe_direction, problem.ramps[chunk])
-            sums[2].append(probe_term.abs().square().sum(dim=(1, 2, 3)))
+            sums[2].append(_abs2(probe_term).sum(dim=(1, 2, 3)))
             sums[3].append((object_term.conj() * probe_term).real.sum(dim=(1, 2, 3)))
             sums[4].append((probe_term.conj() * chi).real.sum(dim=(1, 2, 3)))
     a11, b1 = torch.cat(sums[0]), torch.cat(sums[1])
@@ -365,6 +387,7 @@ def _minibatch_step(
         alpha_object = ((a22r * b1 - a12 * b2) / determinant).clamp_min(0)
         alpha_probe = ((a11r * b2 - a12 * b1) / determinant).clamp_min(0)
         problem.probe = problem.probe + _trimmed_mean(alpha_probe) * probe_direction
+        problem.probe_changed()
     else:
         alpha_object = (b1 / (a11 + 1e-20)).clamp_min(0)
     problem.canvas = problem.canvas + _trimmed_mean(alpha_object) * canvas_direction.reshape(problem.canvas_shape)
@@ -376,7 +399,7 @@ def _exit_wave_residual(
 ) -> tuple[torch.Tensor, float]:
     """χ = F⁻¹(Ψ' − Ψ) for exit waves (B, P, N, N), and the summed NLL of the patterns before the step."""
     far = _far_field(exit_waves)
-    predicted = far.abs().square().sum(dim=1)
+    predicted = _abs2(far).sum(dim=1)
     nll = float(problem._batch_nll(predicted, measured).sum())
     if noise_model is NoiseModel.POISSON:
         lengths = _poisson_step_lengths(predicted, measured, problem.valid)
@@ -388,19 +411,20 @@ def _exit_wave_residual(
     return torch.fft.ifft2(far_change, norm="ortho"), nll
 
 
-def refine(
+def refine_steps(
     scan: Scan,
     network_object: np.ndarray | None = None,
     config: RefinementConfig | None = None,
     *,
     device: torch.device | str = "cpu",
-    on_epoch: Callable[[RefinementReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> RefinementResult:
-    """Refine a scan's object from the network's object (or flat, as the data decide).
+) -> Generator[RefinementReport, None, RefinementResult]:
+    """Refinement as a generator: a report per epoch (``report.snapshot()`` gives the object so far),
+    and the :class:`RefinementResult` as its return value. Callers that yield to a GUI between epochs
+    (the ptychodus plugin) drive this one; ``refine`` drives it to the end.
 
-    Returns the state with the lowest Poisson NLL among the epochs' starting states and the final
-    one (the final one unless refinement went the wrong way); after Stop, the state reached.
+    The result is the state with the lowest Poisson NLL among the epochs' starting states and the
+    final one (the final one unless refinement went the wrong way); after Stop, the state reached.
     """
     config = config or RefinementConfig()
     started = time.perf_counter()
@@ -413,8 +437,8 @@ def refine(
     history: list[RefinementReport] = []
     for report in iterate_refinement(problem, config, should_stop):
         history.append(report)
-        if on_epoch is not None:
-            on_epoch(report)
+        report.snapshot = lambda: problem.cropped(problem.canvas).cpu().numpy().astype(np.complex64)
+        yield report
         # an epoch's NLL is gathered before each mini-batch's update: it scores the state it started from
         if math.isfinite(report.nll) and report.nll < best_nll:
             best_nll, best = report.nll, before
@@ -435,6 +459,27 @@ def refine(
         seconds=time.perf_counter() - started,
         stopped=stopped,
     )
+
+
+def refine(
+    scan: Scan,
+    network_object: np.ndarray | None = None,
+    config: RefinementConfig | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    on_epoch: Callable[[RefinementReport], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RefinementResult:
+    """Refine a scan's object from the network's object (or flat, as the data decide); see ``refine_steps``."""
+    steps = refine_steps(scan, network_object, config, device=device, should_stop=should_stop)
+    while True:
+        try:
+            report = next(steps)
+        except StopIteration as finished:
+            result: RefinementResult = finished.value
+            return result
+        if on_epoch is not None:
+            on_epoch(report)
 
 
 def _filled(obj: np.ndarray) -> np.ndarray:

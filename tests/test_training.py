@@ -14,7 +14,7 @@ import torch
 from ptychodus_pinn import training
 from ptychodus_pinn.config import ExecutionConfig, ModelConfig, RunConfig, Scheduler, TrainingConfig
 from ptychodus_pinn.data import ScanError
-from ptychodus_pinn.inference import reconstruct
+from ptychodus_pinn.inference import reconstruct_network
 from ptychodus_pinn.training import dataloader_arguments, resolve_accelerator, spatial_split, train, trainer_arguments
 
 QUIET = {"accelerator": "cpu", "logger": "none", "enable_progress_bar": False}
@@ -188,24 +188,26 @@ def test_inference_batch_size_reaches_the_forward_passes(trained_small, small_sc
     calls: list[int] = []
     handle = trained_small.model.generator.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
     try:
-        reconstruct(trained_small.model, small_scan, execution=ExecutionConfig(accelerator="cpu", inference_batch_size=50))
+        reconstruct_network(
+            trained_small.model, small_scan, execution=ExecutionConfig(accelerator="cpu", inference_batch_size=50)
+        )
         assert calls == [50, 50, 44]
         calls.clear()
-        reconstruct(trained_small.model, small_scan, execution=ExecutionConfig(accelerator="cpu"))
+        reconstruct_network(trained_small.model, small_scan, execution=ExecutionConfig(accelerator="cpu"))
         assert calls[0] == 16  # defaults to the training batch size
     finally:
         handle.remove()
 
 
 def test_middle_trim_and_pad_eval_change_the_stitched_region(trained_small, small_scan):
-    full = reconstruct(trained_small.model, small_scan, execution=ExecutionConfig(accelerator="cpu"))
-    trimmed = reconstruct(trained_small.model, small_scan, execution=ExecutionConfig(accelerator="cpu", middle_trim=10))
+    full = reconstruct_network(trained_small.model, small_scan, execution=ExecutionConfig(accelerator="cpu"))
+    trimmed = reconstruct_network(trained_small.model, small_scan, execution=ExecutionConfig(accelerator="cpu", middle_trim=10))
     assert trimmed.illuminated.sum() < full.illuminated.sum()
     edge_scan = small_scan.subset(np.arange(small_scan.count))
     edge_scan.positions_yx_px = edge_scan.positions_yx_px.copy()
     edge_scan.positions_yx_px[0] = (2.0, 2.0)
-    padded = reconstruct(trained_small.model, edge_scan, execution=ExecutionConfig(accelerator="cpu", pad_eval=True))
-    unpadded = reconstruct(trained_small.model, edge_scan, execution=ExecutionConfig(accelerator="cpu", pad_eval=False))
+    padded = reconstruct_network(trained_small.model, edge_scan, execution=ExecutionConfig(accelerator="cpu", pad_eval=True))
+    unpadded = reconstruct_network(trained_small.model, edge_scan, execution=ExecutionConfig(accelerator="cpu", pad_eval=False))
     assert padded.illuminated[:4, :4].all() and not unpadded.illuminated[:4, :4].any()
 
 
@@ -219,7 +221,7 @@ def test_warm_start_needs_the_same_network_shape(trained_small, small_scan):
 def test_gridsize_two_with_shared_canvas_and_supervised_mode_train(small_scan):
     grouped = train([small_scan], run_config(epochs=1, model=ModelConfig(N=32, n_filters_scale=1, gridsize=2)))
     assert np.isfinite(grouped.history[0].train_loss)
-    reconstruction = reconstruct(grouped.model, small_scan, execution=ExecutionConfig(accelerator="cpu"))
+    reconstruction = reconstruct_network(grouped.model, small_scan, execution=ExecutionConfig(accelerator="cpu"))
     assert reconstruction.object.shape == small_scan.object_shape
     supervised = train([small_scan], run_config(epochs=2, model=ModelConfig(N=32, n_filters_scale=1, mode="supervised")))
     assert supervised.history[1].train_loss < supervised.history[0].train_loss
@@ -278,5 +280,7 @@ def test_out_of_memory_during_inference_lowers_the_batch(monkeypatch, trained_sm
         return original(self, amplitudes)
 
     monkeypatch.setattr(type(generator), "forward", forward)
-    result = reconstruct(trained_small.model, small_scan, execution=ExecutionConfig(accelerator="cpu", inference_batch_size=64))
+    result = reconstruct_network(
+        trained_small.model, small_scan, execution=ExecutionConfig(accelerator="cpu", inference_batch_size=64)
+    )
     assert np.isfinite(result.object).all()

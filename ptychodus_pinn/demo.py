@@ -28,7 +28,7 @@ class DemoSettings:
     object_kind: str = "siemens"
     train_seed: int = 1
     test_seed: int = 2
-    epochs: int = 60
+    epochs: int = 30
     batch_size: int = 16
     n_filters_scale: int = 1
     gridsize: int = 1

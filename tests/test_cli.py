@@ -113,3 +113,35 @@ def test_ddp_on_two_cpu_processes_gives_the_same_model_format(cli_model, tmp_pat
     one, two = torch.load(single, weights_only=True), torch.load(out, weights_only=True)
     assert one.keys() == two.keys() and one["model_config"] == two["model_config"]
     assert {k: v.shape for k, v in one["state_dict"].items()} == {k: v.shape for k, v in two["state_dict"].items()}
+
+
+def test_infer_refines_by_default_and_metrics_hold_both_stages(cli_model, capsys):
+    folder, scan, model = cli_model
+    out = folder / "refined"
+    arguments = ["infer", "--model", str(model), "--data", str(scan), "--out", str(out), "--accelerator", "cpu"]
+    assert main([*arguments, "--refine-epochs", "8"]) == 0
+    assert "network + refinement" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stages"] == ["network", "refinement"]
+    assert metrics["refinement_epochs"] == 8 and metrics["refinement_start"] in ("network", "flat")
+    # a 1-epoch network is a poor start; 8 epochs of refinement must beat what it gives alone
+    assert metrics["phase_ssim"] > metrics["network_phase_ssim"]
+    with np.load(out / "object.npz") as archive:
+        assert list(archive["stages"]) == ["network", "refinement"]
+        assert archive["network_object"].shape == archive["object"].shape
+        assert archive["probe"].ndim == 3
+    assert main([*arguments, "--refine-epochs", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stages"] == ["network"] and "network_phase_ssim" not in metrics
+
+
+def test_infer_without_a_model_refines_from_flat_or_says_what_is_missing(cli_model, capsys):
+    folder, scan, _model = cli_model
+    out = folder / "no model"
+    # no model ships for N = 32: refinement alone, from a flat object
+    assert main(["infer", "--data", str(scan), "--out", str(out), "--accelerator", "cpu", "--refine-epochs", "5"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["stages"] == ["refinement"]
+    assert main(["infer", "--data", str(scan), "--out", str(out), "--refine-epochs", "0"]) == 2
+    assert "no model ships for N=32" in capsys.readouterr().err
+    assert main(["infer", "--data", str(scan), "--out", str(out), "--refine-epochs", "-3"]) == 2
+    assert "--refine-epochs=-3" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from ptychodus.api.object import Object
+from ptychodus.api.probe import ProbeSequence
 from ptychodus.api.product import LossValue, Product
 from ptychodus.api.reconstruct import ReconstructInput
 
@@ -166,9 +167,23 @@ def output_product(
     illuminated: np.ndarray | None = None,
     losses: Sequence[LossValue] = (),
     fill_with_input: bool = True,
+    probe: np.ndarray | None = None,
 ) -> Product:
-    """A Product with the reconstruction on the input object's grid (geometry kept), or the input object."""
+    """A Product with the reconstruction on the input object's grid (geometry kept), or the input object.
+
+    ``probe`` (incoherent modes, (P, N, N) or (N, N)) replaces the input probe, e.g. a refined one;
+    the input probe's pixel geometry is kept.
+    """
     product = parameters.product
+    probes = product.probes
+    if probe is not None:
+        modes = np.asarray(probe)
+        modes = modes[np.newaxis] if modes.ndim == 2 else modes
+        source_probe = probes.get_probe_no_opr().get_array()
+        if modes.shape[-2:] != source_probe.shape[-2:]:
+            raise ConversionError(f"refined probe has shape {modes.shape}, the input probe {source_probe.shape}")
+        dtype = source_probe.dtype if np.issubdtype(source_probe.dtype, np.complexfloating) else np.complex64
+        probes = ProbeSequence(modes.astype(dtype), None, probes.get_pixel_geometry().copy())
     source = product.object_
     if object_array is None:
         obj = source
@@ -191,7 +206,7 @@ def output_product(
     return Product(
         metadata=product.metadata,
         probe_positions=product.probe_positions,
-        probes=product.probes,
+        probes=probes,
         object_=obj,
         losses=list(losses),
     )

@@ -2,16 +2,19 @@
 
 Three entries (ptychodus shows them as ``ptychopinn (pytorch)_<name>``):
 
-* ``reconstruct`` — one click: self-supervised training on the selected scan (warm-started from
-  the loaded model when it fits), then inference and stitching. A plain ``Reconstructor``, so the
-  button reads "Reconstruct" and needs no model. The trained model stays loaded for Save Model and
-  for Infer on other scans.
+* ``reconstruct`` — one click, in stages that each yield a product: the network's object (the
+  loaded model, else the shipped pretrained one for the scan's N; seconds), then joint refinement
+  against all patterns (previews while it sharpens, then the final object). With "Train On The Scan
+  First" the network is first trained on the scan (self-supervised, warm-started from the loaded or
+  shipped model when its architecture fits the settings). A plain ``Reconstructor``, so the button
+  reads "Reconstruct" and needs no model.
 * ``train+infer`` — a ``TrainableReconstructor``: Train on a directory of exported training files
-  (ptychodus's Export Training Data writes them), Load Model, and Infer on a scan (one forward
-  pass, the fast path).
+  (ptychodus's Export Training Data writes them), Load Model, and Infer on a scan (network, then
+  refinement, staged the same way).
 * ``train+infer supervised`` — the same with supervised training on files that carry objects.
 
-All three share one model slot. Torch and the engine are imported on first use only.
+All three share one model slot. Torch and the engine are imported on first use only. ptychodus's
+batch mode (``ptychodus -b reconstruct``) drives the same generators.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,7 @@ from ptychodus_pinn.config import TrainingMode
 
 from .convert import losses_from_history, output_product, poisson_loss_floor, reconstruct_input_to_scan, shown_loss
 from .runner import DoneEvent, EpochEvent, ErrorEvent, TrainingRun, release_device_memory
-from .settings import PluginSettings, plugin_option, settings_to_run_config
+from .settings import FIELDS_BY_KEY, PluginSettings, plugin_option, settings_to_run_config
 
 LIBRARY_NAME = "PtychoPINN (PyTorch)"
 LOGGER_NAME = "ptychodus_pinn"  # the engine logs below it, so its messages reach the log panel too
@@ -51,6 +54,10 @@ TRAINING_FILE_SUFFIXES = (".npz", ".h5", ".hdf5", ".cxi")
 RECONSTRUCT_NAME = "Reconstruct"
 TRAIN_INFER_NAME = "Train+Infer"
 SUPERVISED_NAME = "Train+Infer Supervised"
+SHIPPED_MODEL_SOURCE = "the shipped pretrained model"
+# the first refinement preview comes this soon after the network's object (the user sees it sharpen);
+# later ones follow the Preview Interval setting
+FIRST_REFINEMENT_PREVIEW_S = 2.0
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -156,11 +163,13 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
         if model is not None:
             if size_px == model.config.N:
                 return model
-            logger.info(
-                "The loaded model expects N=%d patterns, the scan has N=%d: training from scratch", model.config.N, size_px
-            )
+            logger.info("The loaded model expects N=%d patterns, the scan has N=%d: not using it", model.config.N, size_px)
             return None
         return _pretrained_model(size_px)
+
+    def source_of(self, model: Any) -> str:
+        """How the log names a model from :meth:`initial_model_for`."""
+        return self.model_slot.source if model is self.model_slot.get() and self.model_slot.source else SHIPPED_MODEL_SOURCE
 
 
 def _pretrained_model(size_px: int) -> Any | None:
@@ -175,12 +184,10 @@ def _pretrained_model(size_px: int) -> Any | None:
     try:
         return finder(size_px)
     except FileNotFoundError:
-        logger.info("No pretrained model ships for N=%d: training from scratch", size_px)
+        logger.info("No pretrained model ships for N=%d", size_px)
         return None
     except Exception as error:
-        logger.warning(
-            "The pretrained model for N=%d is unusable (%s: %s): training from scratch", size_px, type(error).__name__, error
-        )
+        logger.warning("The pretrained model for N=%d is unusable (%s: %s)", size_px, type(error).__name__, error)
         return None
 
 
@@ -192,13 +199,29 @@ def model_fits(stored: Any, wanted: Any) -> bool:
     return all(getattr(stored, name) == getattr(wanted, name) for name in WARM_START_FIELDS)
 
 
+def architecture_changes(stored: Any, wanted: Any) -> list[str]:
+    """The settings to change so that ``wanted`` (from the settings) fits ``stored`` (a model's), in words."""
+    changes = []
+    for name in WARM_START_FIELDS:
+        have, want = getattr(stored, name), getattr(wanted, name)
+        if have == want:
+            continue
+        have = getattr(have, "value", have)
+        field = FIELDS_BY_KEY.get(name)
+        if field is None:  # N: taken from the scan
+            changes.append(f"{name}: the model has {have}, the scan {getattr(want, 'value', want)}")
+        else:
+            changes.append(f"{field.label.rstrip(':')} ({name}) to {have}")
+    return changes
+
+
 def _preview(model: Any, scan: Any, execution: Any) -> Any:
-    """Reconstruct with the model being trained (on the training thread, between epochs)."""
-    from ptychodus_pinn.inference import reconstruct
+    """The network's object from the model being trained (training thread, between epochs): fast, no refinement."""
+    from ptychodus_pinn.inference import reconstruct_network
 
     was_training = bool(getattr(model, "training", False))
     try:
-        return reconstruct(model, scan, execution=execution)
+        return reconstruct_network(model, scan, execution=execution)
     finally:
         model.train(was_training)
 
@@ -211,6 +234,11 @@ def _loss_floor(scan: Any, config: Any) -> float:
     if config.model.mode is not TrainingMode.PINN or config.model.loss is not LossKind.POISSON:
         return 0.0
     return poisson_loss_floor(scan, EPSILON_COUNTS)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _report(error: BaseException, action: str) -> None:
@@ -231,6 +259,163 @@ class _PinnReconstructorBase:
 
     def _epochs(self) -> int:
         return int(self._library.settings["epochs"].get_value())
+
+    def _refine_epochs(self) -> int:
+        return int(self._library.settings["refine_epochs"].get_value())
+
+    def _network_and_refinement(
+        self,
+        parameters: ReconstructInput,
+        scan: Any,
+        model: Any | None,
+        config: Any,
+        values: dict[str, Any],
+        *,
+        losses: list[LossValue],
+        progress_offset: int,
+        goal: int,
+    ) -> Iterator[ReconstructOutput]:
+        """Stage 1, the network's object (yielded at once); stage 2, refinement (previews, then the result).
+
+        ``losses`` holds what the product shows so far (training); refinement's NLLs are appended,
+        numbered on after them. Progress runs ``progress_offset + 1`` (network) to ``goal``. Without a
+        model refinement starts from a flat object. If refinement fails (e.g. out of GPU memory) the
+        network's object is the final product.
+        """
+        from ptychodus_pinn.inference import reconstruct_network
+
+        library = self._library
+        refinement = config.refinement
+        fill = plugin_option(values, "fill_unilluminated") == "input object"
+
+        def product(obj: Any, illuminated: Any, probe: Any = None) -> Any:
+            return output_product(
+                parameters, obj, illuminated=illuminated, losses=list(losses), fill_with_input=fill, probe=probe
+            )
+
+        if model is None and refinement.epochs == 0:
+            raise ValueError(
+                f"nothing to reconstruct with: no model for N={scan.size_px} patterns (load one, or turn on "
+                "Train On The Scan First) and refinement is off (Refinement Epochs 0)"
+            )
+        network = None
+        if model is not None:
+            try:
+                network = reconstruct_network(model, scan, execution=config.execution)
+            finally:
+                release_device_memory(model)  # nn.Module.to moves it in place
+            progress = progress_offset + 1
+            logger.info(
+                "Network: %d patterns in %.2f s (%.0f patterns/s)", scan.count, network.seconds, network.patterns_per_second
+            )
+            if refinement.epochs == 0:
+                logger.info("Refinement is off (Refinement Epochs 0): the network's object is the result")
+                yield ReconstructOutput(product(network.object, network.illuminated), progress=goal)
+                return
+            library.report_progress(progress, goal)
+            yield ReconstructOutput(product(network.object, network.illuminated), progress=progress)
+            if library.stop_requested():
+                logger.info("Stopped after the network stage: the network's object is the result")
+                return
+        yield from self._refinement(
+            scan,
+            network,
+            config,
+            losses=losses,
+            progress_offset=progress_offset,
+            goal=goal,
+            product=product,
+            preview_interval_s=float(plugin_option(values, "preview_interval_s")),
+        )
+
+    def _refinement(
+        self,
+        scan: Any,
+        network: Any | None,
+        config: Any,
+        *,
+        losses: list[LossValue],
+        progress_offset: int,
+        goal: int,
+        product: Callable[..., Any],
+        preview_interval_s: float,
+    ) -> Iterator[ReconstructOutput]:
+        from ptychodus_pinn.refinement import refine_steps
+        from ptychodus_pinn.training import torch_device
+
+        library = self._library
+        refinement = config.refinement
+        floor = poisson_loss_floor(scan)  # refinement reports the Poisson NLL on the engine's scale
+        first_epoch = max((int(loss.epoch) for loss in losses), default=0)
+        logger.info(
+            "Refining the object against all %d patterns: %d epochs, start %s, %s noise, mini-batch %d (growing)%s",
+            scan.count,
+            refinement.epochs,
+            refinement.start.value,
+            refinement.noise_model.value,
+            refinement.batch_size,
+            ", probe refined too" if refinement.refine_probe else "",
+        )
+        illuminated = None if network is None else network.illuminated
+        result = None
+        steps = None
+        try:
+            device = torch_device(config.execution.accelerator)
+            steps = refine_steps(
+                scan,
+                None if network is None else network.object,
+                refinement,
+                device=device,
+                should_stop=library.stop_requested,
+            )
+            last_yield_s = time.monotonic()
+            previews = 0
+            while True:
+                try:
+                    report = next(steps)
+                except StopIteration as finished:
+                    result = finished.value
+                    break
+                losses.append(LossValue(first_epoch + int(report.epoch), shown_loss(report.nll, floor)))
+                progress = progress_offset + 1 + int(report.epoch)
+                library.report_progress(progress, goal)
+                interval_s = FIRST_REFINEMENT_PREVIEW_S if previews == 0 else preview_interval_s
+                # also how Stop is seen without ptychodus's task monitor: at a yield
+                due = time.monotonic() - last_yield_s >= interval_s
+                if due and report.snapshot is not None and not report.stopped and report.epoch < report.epochs:
+                    yield ReconstructOutput(product(report.snapshot(), illuminated), progress=progress)
+                    previews += 1
+                    last_yield_s = time.monotonic()
+        except Exception as error:
+            if network is None:
+                raise
+            logger.error(
+                "Refinement failed (%s: %s); the network's object is the result", type(error).__name__, _first_line(error)
+            )
+            logger.debug("traceback", exc_info=error)
+            yield ReconstructOutput(product(network.object, network.illuminated), progress=goal)
+            return
+        finally:
+            if steps is not None:
+                steps.close()
+            release_device_memory(None)
+        assert result is not None
+        scores = ", ".join(f"{name} {value:.4f}" for name, value in sorted(result.start_nll.items()))
+        final_nll = result.history[-1].nll if result.history else float("nan")
+        logger.info(
+            "Refinement started from the %s object (Poisson NLL per pattern: %s); %d of %d epochs in %.1f s%s, "
+            "NLL %.4f, result from epoch %d",
+            result.start.value,
+            scores,
+            len(result.history),
+            refinement.epochs,
+            result.seconds,
+            ", stopped" if result.stopped else "",
+            final_nll,
+            result.best_epoch,
+        )
+        probe = result.probe if refinement.refine_probe else None
+        yield ReconstructOutput(product(result.object, result.illuminated, probe), progress=goal)
 
     def _run_training(
         self,
@@ -261,13 +446,16 @@ class _PinnReconstructorBase:
 
 
 class SelfSupervisedReconstructor(_PinnReconstructorBase, Reconstructor):
-    """One click: train on the selected scan without labels, then infer and stitch."""
+    """One click: the network's object, then refinement; optionally trained on the scan first."""
 
     def __init__(self, library: PinnReconstructorLibrary) -> None:
         super().__init__(library, RECONSTRUCT_NAME, TrainingMode.PINN)
 
+    def _train_first(self) -> bool:
+        return bool(self._library.settings["train_first"].get_value())
+
     def get_progress_goal(self) -> int:
-        return self._epochs() + 1  # + inference
+        return (self._epochs() if self._train_first() else 0) + 1 + self._refine_epochs()  # training, network, refinement
 
     def reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
         try:
@@ -279,31 +467,69 @@ class SelfSupervisedReconstructor(_PinnReconstructorBase, Reconstructor):
             raise
 
     def _reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
-        from ptychodus_pinn.inference import reconstruct
-
         library = self._library
         values = library.settings.values()
         scan = reconstruct_input_to_scan(parameters)
-        goal = int(values["epochs"]) + 1
+        config = settings_to_run_config(values, N=scan.size_px, mode=self._mode)
+        train_first = bool(plugin_option(values, "train_first"))
+        training_epochs = int(values["epochs"]) if train_first else 0
+        goal = training_epochs + 1 + config.refinement.epochs
+        library.report_progress(0, goal)
+        losses: list[LossValue] = []
+        if train_first:
+            model = yield from self._train_on_scan(parameters, scan, config, values, losses=losses, goal=goal)
+            if model is None:  # stopped mid-training: the best model's network object was the result
+                return
+        else:
+            model = library.initial_model_for(scan.size_px)
+            if model is None:
+                logger.info(
+                    "No network model for N=%d patterns (none loaded, none ships for this size): refinement starts "
+                    "from a flat object; load a model or turn on Train On The Scan First to use a network",
+                    scan.size_px,
+                )
+            else:
+                source = library.source_of(model)
+                if library.model_slot.get() is None:
+                    library.model_slot.set(model, source)  # Infer and Save Model work with it afterwards
+                logger.info("Reconstructing %d patterns (N=%d) with %s, then refinement", scan.count, scan.size_px, source)
+        yield from self._network_and_refinement(
+            parameters, scan, model, config, values, losses=losses, progress_offset=training_epochs, goal=goal
+        )
+
+    def _train_on_scan(
+        self,
+        parameters: ReconstructInput,
+        scan: Any,
+        config: Any,
+        values: dict[str, Any],
+        *,
+        losses: list[LossValue],
+        goal: int,
+    ) -> Generator[ReconstructOutput, None, Any | None]:
+        """Self-supervised training on the scan with previews; returns the trained model (loaded in the slot).
+
+        After Stop the best model so far is loaded, its network object is yielded as the final
+        product and None is returned: the run ends there (no refinement after Stop).
+        """
+        library = self._library
         fill = plugin_option(values, "fill_unilluminated") == "input object"
         initial = library.initial_model_for(scan.size_px) if plugin_option(values, "warm_start") else None
-        config = settings_to_run_config(values, N=scan.size_px, mode=self._mode)
         if initial is not None and not model_fits(initial.config, config.model):
             logger.info(
-                "Warm start skipped: %s has another architecture than the settings (%s)",
-                library.model_slot.source or "the pretrained model",
-                ", ".join(WARM_START_FIELDS),
+                "Warm start skipped: %s has another architecture than the settings; to start from it set %s",
+                library.source_of(initial),
+                ", ".join(architecture_changes(initial.config, config.model)),
             )
             initial = None
         logger.info(
-            "Self-supervised training on %d patterns (N=%d) for %d epochs%s",
+            "Self-supervised training on %d patterns (N=%d) for %d epochs%s, then network and refinement",
             scan.count,
             scan.size_px,
-            goal - 1,
-            f", starting from {library.model_slot.source}" if initial is not None else "",
+            int(values["epochs"]),
+            f", starting from {library.source_of(initial)}" if initial is not None else " from scratch",
         )
         floor = _loss_floor(scan, config)
-        losses: list[LossValue] = list()
         last_yield_s = time.monotonic()
         preview_interval_s = float(plugin_option(values, "preview_interval_s"))
         result = None
@@ -330,41 +556,37 @@ class SelfSupervisedReconstructor(_PinnReconstructorBase, Reconstructor):
                 )
                 last_yield_s = time.monotonic()
         if result is None:
-            return
+            return None
         model = result.model
-        # loaded before the final inference, so Save Model works at once (after Stop too)
+        losses[:] = losses_from_history(result.history, floor)
+        # loaded before anything else, so Save Model works at once (after Stop too)
         library.model_slot.set(model, f"self-supervised on {parameters.product.metadata.name}")
-        if result.stopped:
-            logger.info("Stopped: the best model so far (epoch %d) is loaded; reconstructing with it", result.best_epoch)
-        try:
-            recon = reconstruct(model, scan, execution=config.execution)
-        finally:
-            release_device_memory(model)  # nn.Module.to moves it in place
         logger.info(
-            "Reconstructed in %.1f s training (best epoch %d%s) + %.2f s inference (%.0f patterns/s)",
-            result.seconds,
-            result.best_epoch,
-            ", stopped early" if result.stopped else "",
-            recon.seconds,
-            recon.patterns_per_second,
+            "Trained in %.1f s (best epoch %d%s)", result.seconds, result.best_epoch, ", stopped early" if result.stopped else ""
         )
+        if not result.stopped:
+            return model
+        from ptychodus_pinn.inference import reconstruct_network
+
+        logger.info("Stopped: the best model so far (epoch %d) is loaded; its network object is the result", result.best_epoch)
+        try:
+            recon = reconstruct_network(model, scan, execution=config.execution)
+        finally:
+            release_device_memory(model)
         yield ReconstructOutput(
-            output_product(
-                parameters,
-                recon.object,
-                illuminated=recon.illuminated,
-                losses=losses_from_history(result.history, floor),
-                fill_with_input=fill,
-            ),
+            output_product(parameters, recon.object, illuminated=recon.illuminated, losses=losses, fill_with_input=fill),
             progress=goal,
         )
+        return None
 
 
 class TrainInferReconstructor(_PinnReconstructorBase, TrainableReconstructor):
     """Train on exported files (PINN or supervised), Load/Save Model, and Infer on a scan."""
 
+    _inferring = False  # ptychodus asks one method for the goal of Train and of Infer
+
     def get_progress_goal(self) -> int:
-        return self._epochs()
+        return 1 + self._refine_epochs() if self._inferring else self._epochs()
 
     # -- inference --------------------------------------------------------------------------------
 
@@ -378,8 +600,6 @@ class TrainInferReconstructor(_PinnReconstructorBase, TrainableReconstructor):
             raise
 
     def _infer(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
-        from ptychodus_pinn.inference import reconstruct
-
         library = self._library
         model = library.model_slot.get()
         if model is None:
@@ -391,20 +611,16 @@ class TrainInferReconstructor(_PinnReconstructorBase, TrainableReconstructor):
                 f"the model expects {model.config.N}x{model.config.N} patterns, the scan has {scan.size_px}x{scan.size_px}"
             )
         config = settings_to_run_config(values, N=scan.size_px, mode=model.config.mode)
-        recon = reconstruct(model, scan, execution=config.execution)
-        release_device_memory(model)  # moves the module to the CPU in place
-        logger.info("Inferred %d patterns in %.2f s (%.0f patterns/s)", scan.count, recon.seconds, recon.patterns_per_second)
-        fill = plugin_option(values, "fill_unilluminated") == "input object"
-        yield ReconstructOutput(
-            output_product(
-                parameters,
-                recon.object,
-                illuminated=recon.illuminated,
-                losses=list(parameters.product.losses),
-                fill_with_input=fill,
-            ),
-            progress=self.get_progress_goal(),
-        )
+        goal = 1 + config.refinement.epochs
+        self._inferring = True
+        try:
+            library.report_progress(0, goal)
+            logger.info("Inferring %d patterns with %s, then refinement", scan.count, library.model_slot.describe())
+            yield from self._network_and_refinement(
+                parameters, scan, model, config, values, losses=[], progress_offset=0, goal=goal
+            )
+        finally:
+            self._inferring = False
 
     # -- models -----------------------------------------------------------------------------------
 

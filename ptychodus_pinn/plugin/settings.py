@@ -40,7 +40,10 @@ from ptychodus_pinn.config import (
     LoggerKind,
     LossKind,
     ModelConfig,
+    NoiseModel,
     Precision,
+    RefinementConfig,
+    RefinementStart,
     RunConfig,
     Scheduler,
     TrainingConfig,
@@ -56,6 +59,7 @@ class Section(StrEnum):
     """Settings groups; also the group boxes of the panel."""
 
     EXECUTION = "Execution"
+    REFINEMENT = "Refinement"
     TRAINING = "Training"
     MODEL = "Model"
     ADVANCED = "Advanced"
@@ -89,7 +93,7 @@ class Field:
     kind: Kind
     default: Any
     tool_tip: str
-    config: str | None = None  # "model" | "training" | "execution"; None for plugin-only settings
+    config: str | None = None  # "model" | "training" | "execution" | "refinement"; None for plugin-only settings
     attribute: str | None = None  # config attribute (defaults to ``key``)
     choices: tuple[str, ...] = ()
     minimum: float | None = None
@@ -105,7 +109,13 @@ def _values(enum: type[StrEnum]) -> tuple[str, ...]:
     return tuple(member.value for member in enum)
 
 
-_M, _T, _E = ModelConfig(), TrainingConfig(), ExecutionConfig()
+_M, _T, _E, _R = ModelConfig(), TrainingConfig(), ExecutionConfig(), RefinementConfig()
+
+# The architecture of the shipped pretrained model (resources/pretrained-n64.pinn.pt, trained by
+# ``ptychodus_pinn.demo.pretrain`` with ``DemoSettings``): the panel's defaults agree with it, so
+# "Train On The Scan First" warm-starts from it with default settings (the engine's ModelConfig
+# default width is 2). ``tests/plugin/test_settings.py`` checks this against the shipped file.
+SHIPPED_MODEL_WIDTH = 1
 
 ACCELERATOR_CHOICES: tuple[str, ...] = _values(Accelerator)
 
@@ -191,6 +201,65 @@ FIELDS: tuple[Field, ...] = (
         "execution",
         minimum=0,
     ),
+    # Refinement ----------------------------------------------------------------------------------
+    Field(
+        Section.REFINEMENT,
+        "refine_epochs",
+        "Epochs:",
+        Kind.INT,
+        _R.epochs,
+        "Refinement epochs after the network: the object is refined against the likelihood of all "
+        "patterns jointly (each epoch visits every pattern once). 0 = network only (no refinement).",
+        "refinement",
+        attribute="epochs",
+        minimum=0,
+    ),
+    Field(
+        Section.REFINEMENT,
+        "refine_probe",
+        "Refine Probe:",
+        Kind.BOOL,
+        _R.refine_probe,
+        "Refine the probe together with the object. Turn on when the probe is only a guess (e.g. real "
+        "data); off keeps the product's probe, which is right for simulated data.",
+        "refinement",
+    ),
+    Field(
+        Section.REFINEMENT,
+        "refine_batch_size",
+        "Batch Size:",
+        Kind.INT,
+        _R.batch_size,
+        "Patterns per refinement update in the first epochs; the mini-batch grows towards the whole "
+        "scan as refinement converges.",
+        "refinement",
+        attribute="batch_size",
+        minimum=1,
+    ),
+    Field(
+        Section.REFINEMENT,
+        "refine_start",
+        "Start:",
+        Kind.CHOICE,
+        _R.start.value,
+        "Where refinement starts: auto = the network's object or a flat one, whichever the data's "
+        "likelihood prefers (a poor network can never hurt); network or flat force the choice.",
+        "refinement",
+        attribute="start",
+        choices=_values(RefinementStart),
+    ),
+    Field(
+        Section.REFINEMENT,
+        "refine_noise_model",
+        "Noise Model:",
+        Kind.CHOICE,
+        _R.noise_model.value,
+        "Likelihood the refinement maximises: poisson for photon counts (recommended), gaussian "
+        "(amplitude) for data that are not counts.",
+        "refinement",
+        attribute="noise_model",
+        choices=_values(NoiseModel),
+    ),
     # Training ------------------------------------------------------------------------------------
     Field(
         Section.TRAINING,
@@ -198,7 +267,8 @@ FIELDS: tuple[Field, ...] = (
         "Epochs:",
         Kind.INT,
         _T.epochs,
-        "Passes over the training patterns. Progress is reported per epoch.",
+        "Training passes over the patterns (Train, and one-click Reconstruct with Train On The Scan "
+        "First). Progress is reported per epoch.",
         "training",
         minimum=1,
     ),
@@ -316,8 +386,10 @@ FIELDS: tuple[Field, ...] = (
         "n_filters_scale",
         "Network Width:",
         Kind.INT,
-        _M.n_filters_scale,
-        "Width multiplier of the U-Net (n_filters_scale); 1 is fast on a CPU, 4 suits a GPU.",
+        SHIPPED_MODEL_WIDTH,
+        "Width multiplier of the U-Net (n_filters_scale) for training; 1 is fast on a CPU (and is the "
+        "shipped pretrained model's, so training can start from it), 4 suits a GPU. Inference uses "
+        "the model's own width.",
         "model",
         minimum=1,
         maximum=16,
@@ -363,10 +435,10 @@ FIELDS: tuple[Field, ...] = (
     Field(
         Section.MODEL,
         "probe_trainable",
-        "Refine Probe:",
+        "Train Probe:",
         Kind.BOOL,
         _M.probe_trainable,
-        "Train the probe together with the network.",
+        "Train the probe together with the network (training only; see Refinement for refining it).",
         "model",
     ),
     Field(
@@ -501,12 +573,23 @@ FIELDS: tuple[Field, ...] = (
     # Plugin behaviour (not part of RunConfig) ----------------------------------------------------
     Field(
         Section.PLUGIN,
+        "train_first",
+        "Train On The Scan First:",
+        Kind.BOOL,
+        False,
+        "One-click Reconstruct: train the network on the selected scan (self-supervised, the Training "
+        "settings) before the network and refinement stages. Off: the loaded model, else the shipped "
+        "pretrained one, goes straight to the network and refinement stages (seconds, not minutes).",
+    ),
+    Field(
+        Section.PLUGIN,
         "preview_interval_s",
         "Preview Interval [s]:",
         Kind.REAL,
         15.0,
-        "Seconds between object previews while training (each preview costs ptychodus's GUI ~0.65 s; "
-        "15 s keeps the GUI busy well under 10 % of a run).",
+        "Seconds between object previews while training or refining (each preview costs ptychodus's "
+        "GUI ~0.65 s; 15 s keeps the GUI busy well under 10 % of a run). The network's object and a "
+        "first refinement preview (after ~2 s) are always shown.",
         minimum=1.0,
     ),
     Field(
@@ -515,7 +598,8 @@ FIELDS: tuple[Field, ...] = (
         "Warm Start:",
         Kind.BOOL,
         True,
-        "Start one-click reconstruction from the loaded/last model when its pattern size fits the scan.",
+        "With Train On The Scan First: start training from the loaded model (else the shipped "
+        "pretrained one) when its pattern size and architecture fit the settings.",
     ),
     Field(
         Section.PLUGIN,
@@ -545,6 +629,8 @@ _CONFIG_MAXIMA: Mapping[str, float] = {
     "accumulate_grad_batches": MAX_COUNT,
     "middle_trim": max(SUPPORTED_PATTERN_SIZES_PX) // 2 - 1,
     "n_groups": 1000 * MAX_COUNT,
+    "refine_epochs": MAX_COUNT,
+    "refine_batch_size": MAX_COUNT,
 }
 FIELDS = tuple(
     dataclasses.replace(field, maximum=_CONFIG_MAXIMA[field.key])
@@ -557,6 +643,10 @@ FIELDS_BY_KEY: Mapping[str, Field] = {field.key: field for field in FIELDS}
 NOT_SETTINGS: Mapping[str, str] = {
     "model.N": "taken from the scan's pattern size",
     "model.mode": "fixed by the chosen reconstructor (self-supervised or supervised)",
+    "refinement.probe_start_epoch": "engine default (the probe follows once the object has settled)",
+    "refinement.momentum_gain": "engine default; the schedule needs no tuning per scan",
+    "refinement.preconditioner_damping": "engine default; the schedule needs no tuning per scan",
+    "refinement.seed": "engine default (mini-batch order only)",
 }
 
 
@@ -750,7 +840,12 @@ def settings_to_run_config(
         check_accelerator_choice(str(values["accelerator"]))
     except ValueError as error:
         raise ValueError(f"accelerator={values['accelerator']!r} is not allowed: {error}") from None
-    kwargs: dict[str, dict[str, Any]] = {"model": {"N": N, "mode": mode}, "training": {}, "execution": {}}
+    kwargs: dict[str, dict[str, Any]] = {
+        "model": {"N": N, "mode": mode},
+        "training": {},
+        "execution": {},
+        "refinement": {},
+    }
     for field in FIELDS:
         if field.config is None:
             continue
@@ -770,12 +865,18 @@ def settings_to_run_config(
             f"Accelerator {values['accelerator']!r} selects one device by index, which this engine "
             "version does not accept; choose the plain accelerator and set Devices instead"
         ) from error
-    return RunConfig(model=model, training=training, execution=execution)
+    refinement = RefinementConfig(**kwargs["refinement"])
+    return RunConfig(model=model, training=training, execution=execution, refinement=refinement)
 
 
 def run_config_to_settings(config: RunConfig, settings: PluginSettings) -> None:
     """Write a RunConfig into the settings (inverse of :func:`settings_to_run_config`)."""
-    sections = {"model": config.model, "training": config.training, "execution": config.execution}
+    sections = {
+        "model": config.model,
+        "training": config.training,
+        "execution": config.execution,
+        "refinement": config.refinement,
+    }
     for field in FIELDS:
         if field.config is None:
             continue
@@ -797,6 +898,7 @@ def config_fields() -> dict[str, tuple[str, ...]]:
         "model": tuple(f.name for f in dataclasses.fields(ModelConfig)),
         "training": tuple(f.name for f in dataclasses.fields(TrainingConfig)),
         "execution": tuple(f.name for f in dataclasses.fields(ExecutionConfig)),
+        "refinement": tuple(f.name for f in dataclasses.fields(RefinementConfig)),
     }
 
 

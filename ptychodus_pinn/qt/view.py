@@ -35,13 +35,13 @@ logger = logging.getLogger(__name__)
 
 DESCRIPTIONS = {
     RECONSTRUCT_NAME.casefold(): (
-        "One click: trains the network on the selected scan without ground truth (physics-informed "
-        "Poisson loss), then reconstructs it. The trained model stays loaded for Save Model and for "
-        "Infer on other scans."
+        "One click, in stages: the network's object within seconds (the loaded model, else the shipped "
+        "pretrained one), then refinement against all patterns, shown as it sharpens. Train On The "
+        "Scan First trains the network on this scan (no ground truth) before."
     ),
     TRAIN_INFER_NAME.casefold(): (
         "Train: choose a directory of files written by Export Training Data; the model is saved there "
-        "as model.pinn.pt. Infer: reconstruct the selected scan with the loaded model in one pass."
+        "as model.pinn.pt. Infer: the loaded model's object for the selected scan, then refinement."
     ),
     SUPERVISED_NAME.casefold(): ("Like Train+Infer, but trains against the objects stored in the training files (supervised)."),
 }
@@ -234,7 +234,7 @@ class PinnViewControllerFactory(ReconstructorViewControllerFactory):
         mode = TrainingMode.SUPERVISED if reconstructor_name.casefold() == SUPERVISED_NAME.casefold() else TrainingMode.PINN
         builder.add_view_controller_to_top(SettingsCheckViewController(library, mode))
 
-        for field, parameter in library.settings:
+        for field, parameter in sorted(library.settings, key=lambda item: _panel_order(item[0])):
             group = _group_title(field)
             if field.kind is Kind.BOOL:
                 builder.add_check_box(parameter, field.label, tool_tip=field.tool_tip, group=group)  # type: ignore[arg-type]
@@ -268,9 +268,26 @@ class _StaticViewController(ParameterViewController):
         return self._widget
 
 
+# The panel's group boxes, top to bottom: what every run uses first, training (optional for the
+# one-click entry) after it.
+PANEL_GROUPS = ("Execution", "Refinement", "Training", "Model", "Advanced", "Display")
+
+
+# plugin options shown at the top of the Training group: they switch training on for the one-click entry
+TRAINING_SWITCHES = ("train_first", "warm_start")
+
+
+def _panel_order(field: Field) -> tuple[int, int]:
+    switch = TRAINING_SWITCHES.index(field.key) if field.key in TRAINING_SWITCHES else len(TRAINING_SWITCHES)
+    return PANEL_GROUPS.index(_group_title(field)), switch
+
+
 def _group_title(field: Field) -> str:
+    if field.key in TRAINING_SWITCHES:
+        return "Training"
     return {
         Section.EXECUTION: "Execution",
+        Section.REFINEMENT: "Refinement",
         Section.TRAINING: "Training",
         Section.MODEL: "Model",
         Section.ADVANCED: "Advanced",

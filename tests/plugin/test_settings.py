@@ -18,7 +18,10 @@ from ptychodus_pinn.config import (
     LoggerKind,
     LossKind,
     ModelConfig,
+    NoiseModel,
     Precision,
+    RefinementConfig,
+    RefinementStart,
     RunConfig,
     Scheduler,
     TrainingConfig,
@@ -26,6 +29,7 @@ from ptychodus_pinn.config import (
 )
 from ptychodus_pinn.plugin.settings import (
     FIELDS,
+    FIELDS_BY_KEY,
     NOT_SETTINGS,
     PluginSettings,
     Section,
@@ -58,8 +62,11 @@ def test_every_field_has_a_tool_tip_and_distinct_group() -> None:
 def test_defaults_map_to_engine_defaults_except_gui_choices() -> None:
     _, values = _settings()
     config = settings_to_run_config(values, N=64)
-    assert config.model == ModelConfig(N=64)
+    # the network width is the shipped pretrained model's (see test_defaults_agree_with_the_shipped_model)
+    assert config.model == dataclasses.replace(ModelConfig(N=64), n_filters_scale=1)
     assert config.training == TrainingConfig()
+    assert config.refinement == RefinementConfig()  # every reconstruction refines by default
+    assert values["train_first"].get_value() is False  # one click: network + refinement, no training
     # the GUI writes no log files and prints no progress bar unless asked to
     assert config.execution == dataclasses.replace(ExecutionConfig(), logger=LoggerKind.NONE, enable_progress_bar=False)
 
@@ -143,13 +150,65 @@ run_configs = st.builds(
 )
 
 
+refinement_configs = st.builds(
+    RefinementConfig,
+    epochs=st.integers(0, 500),
+    batch_size=st.integers(1, 4096),
+    refine_probe=st.booleans(),
+    start=st.sampled_from(list(RefinementStart)),
+    noise_model=st.sampled_from(list(NoiseModel)),
+)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(config=run_configs, mode=st.sampled_from(list(TrainingMode)))
-def test_round_trip_every_field(config: RunConfig, mode: TrainingMode) -> None:
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, mode=mode))
+@given(config=run_configs, mode=st.sampled_from(list(TrainingMode)), refinement=refinement_configs)
+def test_round_trip_every_field(config: RunConfig, mode: TrainingMode, refinement: RefinementConfig) -> None:
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, mode=mode), refinement=refinement)
     _, values = _settings()
     run_config_to_settings(config, values)
     assert settings_to_run_config(values, N=64, mode=mode) == config
+
+
+def test_defaults_agree_with_the_shipped_model() -> None:
+    """Default settings warm-start from the shipped model (no "Warm start skipped ... another architecture")."""
+    from ptychodus_pinn.persistence import load_pretrained
+    from ptychodus_pinn.plugin.library import architecture_changes, model_fits
+
+    shipped = load_pretrained(64)
+    _, values = _settings()
+    config = settings_to_run_config(values, N=64)
+    assert model_fits(shipped.config, config.model), architecture_changes(shipped.config, config.model)
+    wider = settings_to_run_config({**values.values(), "n_filters_scale": 2}, N=64)
+    assert architecture_changes(shipped.config, wider.model) == ["Network Width (n_filters_scale) to 1"]
+
+
+def test_refinement_group() -> None:
+    registry, values = _settings()
+    refinement = [field for field in FIELDS if field.section is Section.REFINEMENT]
+    assert [field.key for field in refinement] == [
+        "refine_epochs",
+        "refine_probe",
+        "refine_batch_size",
+        "refine_start",
+        "refine_noise_model",
+    ]
+    assert {field.config for field in refinement} == {"refinement"}
+    assert Section.REFINEMENT.group_name == "PINNTorchPluginRefinement"
+    assert "0 = network only" in FIELDS_BY_KEY["refine_epochs"].tool_tip
+    assert "real data" in FIELDS_BY_KEY["refine_probe"].tool_tip
+    assert FIELDS_BY_KEY["refine_start"].choices == ("auto", "network", "flat")
+    assert FIELDS_BY_KEY["train_first"].section is Section.PLUGIN and FIELDS_BY_KEY["train_first"].config is None
+    values["refine_epochs"].set_value(0)
+    values["refine_probe"].set_value(True)
+    values["refine_batch_size"].set_value(8)
+    values["refine_start"].set_value("flat")
+    values["refine_noise_model"].set_value("gaussian")
+    assert settings_to_run_config(values, N=32).refinement == RefinementConfig(
+        epochs=0, refine_probe=True, batch_size=8, start=RefinementStart.FLAT, noise_model=NoiseModel.GAUSSIAN
+    )
+    values["refine_start"].set_value("sideways")
+    with pytest.raises(ValueError, match="start"):
+        settings_to_run_config(values, N=32)
 
 
 def test_round_trip_through_ptychodus_ini(tmp_path: Path) -> None:
@@ -159,14 +218,25 @@ def test_round_trip_through_ptychodus_ini(tmp_path: Path) -> None:
     values["learning_rate"].set_value(0.0125)
     values["early_stop_patience"].set_value(3)
     values["deterministic"].set_value(True)
+    values["refine_epochs"].set_value(12)
+    values["refine_probe"].set_value(True)
+    values["refine_batch_size"].set_value(64)
+    values["refine_start"].set_value("network")
+    values["refine_noise_model"].set_value("gaussian")
+    values["train_first"].set_value(True)
     expected = settings_to_run_config(values, N=32)
     path = tmp_path / "settings.ini"
     registry.save_settings(path)
-    assert "[PINNTorchPluginExecution]" in path.read_text()
+    text = path.read_text()
+    assert "[PINNTorchPluginExecution]" in text and "[PINNTorchPluginRefinement]" in text
     registry2, values2 = _settings()
     registry2.open_settings(path)
     assert settings_to_run_config(values2, N=32) == expected
+    assert values2["train_first"].get_value() is True
     assert expected.execution.early_stop_patience == 3 and expected.training.batch_size == 7
+    assert expected.refinement == RefinementConfig(
+        epochs=12, refine_probe=True, batch_size=64, start=RefinementStart.NETWORK, noise_model=NoiseModel.GAUSSIAN
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,257 @@
+"""Network → refinement inside the real ptychodus: staged products, Stop, Infer, failures, batch mode.
+
+The scan is ptychodus's own simulation of a Siemens star (N=32, tests/plugin/pinn_scene.py). No
+model ships for N=32, so the network is ``trained_small`` (tests/conftest.py: two epochs on another
+scan), loaded as a user would with Load Model; its object is poor, which is what refinement is for.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pinn_scene import illuminated_mask, load_ptychodus_simulated_scan
+
+from ptychodus_pinn.metrics import compare
+
+RECONSTRUCT = "ptychopinn (pytorch)_reconstruct"
+TRAIN_INFER = "ptychopinn (pytorch)_train+infer"
+# measured on this scene with default refinement (40 epochs), 2 shared CPU cores: phase SSIM 0.93–0.94
+# (network alone ≈ 0.005, flat 0.007); the threshold leaves margin for other seeds/BLAS/thread counts
+REFINED_PHASE_SSIM = 0.75
+
+
+def configure(library: Any, **values: Any) -> None:
+    base = {"accelerator": "cpu", "seed": 0}
+    for key, value in {**base, **values}.items():
+        library.settings[key].set_value(value)
+
+
+@dataclass
+class Yielded:
+    progress: int
+    object: np.ndarray
+    at_s: float  # time.monotonic() when ptychodus received it
+
+
+@pytest.fixture
+def yields(model_core: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Yielded]]:
+    """Every product the reconstructor yields to ptychodus, in order (recorded on ptychodus's side)."""
+    monitor = model_core.processing_core.processing_api.task_monitor
+    recorded: list[Yielded] = []
+    real = monitor.update_product
+
+    def recording(product_item: Any, result: Any) -> None:
+        recorded.append(Yielded(result.progress, result.product.object_.get_layer(0).copy(), time.monotonic()))
+        real(product_item, result)
+
+    monkeypatch.setattr(monitor, "update_product", recording)
+    yield recorded
+
+
+@pytest.fixture
+def scene(model_core: Any, tmp_path: Path) -> tuple[Any, Any]:
+    return load_ptychodus_simulated_scan(model_core, tmp_path)
+
+
+@pytest.fixture
+def n32_model(library: Any, trained_small: Any) -> Any:
+    library.model_slot.set(trained_small.model, "a test model (N=32)")
+    return trained_small.model
+
+
+def _panel_log(model_core: Any) -> Any:
+    """ptychodus's log panel handler (on the library's logger), drained; INFO passes even under pytest."""
+    handler = model_core.processing_core.processing_api.task_monitor.get_log_handler()
+    list(handler.messages())  # drain
+    return handler
+
+
+@pytest.fixture(autouse=True)
+def _info_reaches_the_log_panel() -> Iterator[None]:
+    logger = logging.getLogger("ptychodus_pinn")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # as in the GUI (pytest's root logger is at WARNING)
+    yield
+    logger.setLevel(level)
+
+
+def phase_ssim(obj: np.ndarray, truth: Any) -> float:
+    return float(compare(obj, truth.ground_truth, illuminated_mask(truth)).phase_ssim)
+
+
+def test_one_click_yields_the_network_object_then_the_refined_one(
+    model_core: Any, library: Any, scene: tuple[Any, Any], n32_model: Any, yields: list[Yielded]
+) -> None:
+    product, truth = scene
+    configure(library)
+    assert library.settings["train_first"].get_value() is False  # the default path: no training
+    log = _panel_log(model_core)
+    started = time.monotonic()
+    output = product.reconstruct_local(algorithm=RECONSTRUCT, block=True)
+    seconds = time.monotonic() - started
+    messages = "\n".join(log.messages())
+    assert len(yields) >= 2, [y.progress for y in yields]
+    network, final = yields[0], yields[-1]
+    assert network.progress == 1 and final.progress == 1 + 40  # network, then the default 40 refinement epochs
+    result = output.get_product()
+    assert np.array_equal(result.object_.get_layer(0), final.object)  # the product holds the last yield
+    network_ssim, final_ssim = phase_ssim(network.object, truth), phase_ssim(final.object, truth)
+    print(
+        f"one-click: network phase SSIM {network_ssim:.3f} after {network.at_s - started:.1f} s, refined "
+        f"{final_ssim:.3f} after {final.at_s - started:.1f} s ({seconds:.1f} s in all, {len(yields)} products)"
+    )
+    assert final_ssim > network_ssim
+    assert final_ssim > REFINED_PHASE_SSIM
+    assert "Network: 256 patterns in" in messages
+    assert "Refinement started from the" in messages and "Poisson NLL per pattern" in messages
+    assert "Warm start skipped" not in messages and "Self-supervised training" not in messages
+    losses = result.losses
+    assert [loss.epoch for loss in losses] == list(range(1, 41))  # refinement's NLL per epoch
+    assert all(loss.value > 0 for loss in losses) and losses[-1].value < losses[0].value
+
+
+def test_stop_during_refinement_ends_within_2s_and_keeps_the_object(
+    model_core: Any, library: Any, scene: tuple[Any, Any], n32_model: Any, yields: list[Yielded]
+) -> None:
+    product, truth = scene
+    configure(library, refine_epochs=5000)
+    log = _panel_log(model_core)
+    processing = model_core.processing_core.processing_api
+    monitor = processing.task_monitor
+    snapshot = monitor.get_completed_runs()
+    output_index = processing.reconstruct(product_index=product.get_product_index(), algorithm=RECONSTRUCT)
+    deadline = time.monotonic() + 120
+    while monitor.get_progress() < 1 + 3 and time.monotonic() < deadline:  # network + a few refinement epochs
+        time.sleep(0.05)
+    assert monitor.get_progress() >= 4, "refinement did not start"
+    stop_at = time.monotonic()
+    monitor.stop_processing()
+    assert monitor.wait_for_completion_after(snapshot, timeout=60)
+    latency_s = time.monotonic() - stop_at
+    model_core.run_tasks()  # assign the last product (the GUI timer does this)
+    monitor.raise_if_failed()
+    print(f"stop during refinement: run ended {latency_s:.2f} s after Stop")
+    assert latency_s < 2.0
+    result = model_core.workflow_api.get_product(output_index).get_product()
+    obj = result.object_.get_layer(0)
+    assert np.isfinite(obj).all() and not np.allclose(obj, 1.0)
+    assert phase_ssim(obj, truth) > phase_ssim(yields[0].object, truth)  # the refined state, not the network's
+    assert 3 <= len(result.losses) < 5000
+    assert "stopped" in "\n".join(log.messages())
+
+
+def test_infer_refines_too(
+    model_core: Any, library: Any, scene: tuple[Any, Any], n32_model: Any, yields: list[Yielded]
+) -> None:
+    product, truth = scene
+    configure(library, refine_epochs=30)
+    processing = model_core.processing_core.processing_api
+    processing.set_reconstructor_if_provided(TRAIN_INFER)
+    assert processing.is_reconstructor_trainable()
+    log = _panel_log(model_core)
+    output = product.reconstruct_local(algorithm=TRAIN_INFER, block=True)
+    messages = "\n".join(log.messages())
+    assert len(yields) >= 2 and yields[0].progress == 1 and yields[-1].progress == 1 + 30
+    network_ssim = phase_ssim(yields[0].object, truth)
+    final_ssim = phase_ssim(output.get_product().object_.get_layer(0), truth)
+    print(f"infer: network {network_ssim:.3f}, refined {final_ssim:.3f}")
+    assert final_ssim > max(network_ssim, REFINED_PHASE_SSIM - 0.1)
+    assert "Network: 256 patterns" in messages and "Refinement started from the" in messages
+
+
+def test_refinement_failure_keeps_the_network_object(
+    model_core: Any,
+    library: Any,
+    scene: tuple[Any, Any],
+    n32_model: Any,
+    yields: list[Yielded],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ptychodus_pinn.refinement as refinement
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details")
+        yield  # a generator, like the real one
+
+    monkeypatch.setattr(refinement, "refine_steps", out_of_memory)
+    product, _ = scene
+    configure(library)
+    log = _panel_log(model_core)
+    output = product.reconstruct_local(algorithm=RECONSTRUCT, block=True)  # no exception: the run succeeds
+    messages = list(log.messages())
+    assert any(
+        "Refinement failed (RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB); the network's object is the result"
+        in message
+        for message in messages
+    ), messages
+    assert np.array_equal(output.get_product().object_.get_layer(0), yields[0].object)
+    assert yields[-1].progress == 1 + 40
+
+
+def test_refinement_off_gives_the_network_object_and_no_model_refines_from_flat(
+    model_core: Any, library: Any, scene: tuple[Any, Any], trained_small: Any, yields: list[Yielded]
+) -> None:
+    product, truth = scene
+    library.model_slot.set(trained_small.model, "a test model (N=32)")
+    configure(library, refine_epochs=0)
+    output = product.reconstruct_local(algorithm=RECONSTRUCT, block=True)
+    assert len(yields) == 1 and yields[0].progress == 1
+    assert output.get_product().losses == []
+
+    library.model_slot.set(None, "")  # no model for N=32 (none ships): refinement alone, from a flat object
+    configure(library, refine_epochs=25)
+    yields.clear()
+    log = _panel_log(model_core)
+    output = product.reconstruct_local(algorithm=RECONSTRUCT, block=True)
+    messages = "\n".join(log.messages())
+    assert "refinement starts from a flat object" in messages
+    assert "Refinement started from the flat object" in messages
+    assert phase_ssim(output.get_product().object_.get_layer(0), truth) > 0.5
+    assert library.model_slot.get() is None
+
+    configure(library, refine_epochs=0)  # nothing to do: a clear error
+    with pytest.raises(ValueError, match="nothing to reconstruct with"):
+        product.reconstruct_local(algorithm=RECONSTRUCT, block=True)
+
+
+def test_batch_mode_reconstructs_with_network_and_refinement(
+    model_core: Any, library: Any, trained_small: Any, tmp_path: Path
+) -> None:
+    """``ptychodus -b reconstruct`` (ModelCore.batch_mode_execute): Infer's staged generator, model file from the folder.
+
+    ptychodus writes one numbered product file per yield: the network's (progress 1) and the refined one.
+    """
+    from ptychodus.api.io import StandardFileLayout
+
+    from ptychodus_pinn.persistence import save_model
+
+    inputs = tmp_path / "in"
+    outputs = tmp_path / "out"
+    inputs.mkdir()
+    product, truth = load_ptychodus_simulated_scan(model_core, inputs)  # writes diffraction.h5 there
+    assert (inputs / StandardFileLayout.DIFFRACTION).is_file()
+    product.save_product(inputs / StandardFileLayout.PRODUCT, file_type="HDF5")
+    save_model(trained_small.model, inputs / f"{StandardFileLayout.MODEL_BASENAME}.pinn.pt")
+    configure(library, refine_epochs=30)
+    model_core.processing_core.algorithm_parameter.set_value(TRAIN_INFER)
+    model_core.settings_registry.save_settings(inputs / StandardFileLayout.SETTINGS)
+    library.model_slot.set(None, "")
+    log = _panel_log(model_core)
+    code = model_core.batch_mode_execute("reconstruct", inputs, outputs)
+    messages = "\n".join(log.messages())
+    assert int(code) == 0, messages
+    written = sorted(outputs.glob("product.*.h5"))
+    assert [path.name for path in written][0] == "product.000001.h5" and written[-1].name == "product.000031.h5"
+    from ptychodus.api.io import load_product
+
+    network = load_product(written[0]).object_.get_layer(0)
+    refined = load_product(written[-1]).object_.get_layer(0)
+    assert phase_ssim(refined, truth) > max(phase_ssim(network, truth), REFINED_PHASE_SSIM - 0.1)
+    assert "Network: 256 patterns" in messages and "Refinement started from the" in messages

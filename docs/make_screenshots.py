@@ -2,11 +2,14 @@
 
     python docs/make_screenshots.py                 # starts Xvfb when DISPLAY is unset
     python docs/make_screenshots.py --offscreen     # no X server: Qt renders the widgets itself
+    python docs/make_screenshots.py --offscreen --panel-only   # only gui-panel.png (seconds)
 
 It starts ptychodus's own main window (ModelCore, ViewCore, ControllerCore) with the plugin active,
 loads a scan that ptychodus simulates from a Siemens star (tests/plugin/pinn_scene.py), selects
-``ptychopinn (pytorch)_reconstruct`` and clicks Reconstruct, then Reconstruct again and Stop. It
-writes to ``--out`` (default ``resources/``):
+``ptychopinn (pytorch)_reconstruct`` and clicks Reconstruct, then Reconstruct again and Stop. The
+runs use "Train On The Scan First" (training, then network and refinement: the slowest one-click
+path, the one whose GUI load matters; no model ships for the scene's N=32). It writes to ``--out``
+(default ``resources/``):
 
 * ``gui-panel.png`` — the Processing view with our entry selected and its settings panel;
 * ``gui-reconstruction.png`` — after the one-click run: the loss curve in ptychodus's plot, the log;
@@ -181,6 +184,18 @@ def show_phase(image_view: Any) -> None:
             tool.click()
 
 
+def show_group(view: Any, title: str) -> None:
+    """Scroll our settings panel so that one of its group boxes is in view (below the Execution group)."""
+    from PyQt5.QtWidgets import QGroupBox, QScrollArea
+
+    spin(0.3)
+    for area in view.processing_view.findChildren(QScrollArea):
+        for box in area.findChildren(QGroupBox):
+            if box.title() == title and box.isVisible():
+                area.ensureWidgetVisible(box, 0, 10)
+                return
+
+
 def product_combo(view: Any) -> Any:
     from PyQt5.QtWidgets import QComboBox
 
@@ -242,7 +257,14 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         model.processing_core.algorithm_parameter.set_value(RECONSTRUCT)
         combo = product_combo(view)
         combo.setCurrentIndex(input_index)
+        show_group(view, "Refinement")
         screenshot(view, out / "gui-panel.png")
+        if arguments.panel_only:
+            controller._run_tasks_timer.stop()
+            view.close()
+            shutil.rmtree(work, ignore_errors=True)
+            return results
+        library.settings["train_first"].set_value(True)  # after the panel shot, which shows the default
 
         # (b) one click, previews on
         monitor = model.processing_core.processing_api.task_monitor
@@ -308,9 +330,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("PINN_TEST_THREADS", "1")))
     parser.add_argument("--window", type=int, nargs=2, default=(1440, 900), metavar=("W", "H"))
     parser.add_argument("--no-stop", dest="stop", action="store_false", help="skip the Stop-latency run")
+    parser.add_argument("--panel-only", action="store_true", help="write gui-panel.png only (no runs, no measurements)")
     arguments = parser.parse_args()
     with display(arguments.offscreen, tuple(arguments.window)):
         results = run(arguments)
+    if arguments.panel_only:
+        return 0
     path = Path(arguments.out) / "gui-measurements.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

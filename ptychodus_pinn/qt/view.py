@@ -8,6 +8,7 @@ of the three reconstructors share the parameters (ptychodus keeps them in sync) 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import threading
 from pathlib import Path
@@ -17,8 +18,9 @@ from ptychodus.api.observer import Observable, Observer
 from ptychodus.controller.data import FileDialogFactory
 from ptychodus.controller.parameters import ParameterViewBuilder, ParameterViewController
 from ptychodus.controller.processing import ReconstructorViewControllerFactory
-from PyQt5.QtCore import QObject, Qt, pyqtSignal
-from PyQt5.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from PyQt5.QtCore import QObject, QRegularExpression, Qt, pyqtSignal
+from PyQt5.QtGui import QRegularExpressionValidator
+from PyQt5.QtWidgets import QComboBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
 
 from ptychodus_pinn.config import TrainingMode
 from ptychodus_pinn.plugin.library import (
@@ -29,7 +31,7 @@ from ptychodus_pinn.plugin.library import (
     TRAIN_INFER_NAME,
     PinnReconstructorLibrary,
 )
-from ptychodus_pinn.plugin.settings import ACCELERATOR_CHOICES, Field, Kind, Section, settings_to_run_config
+from ptychodus_pinn.plugin.settings import ACCELERATOR_CHOICES, Field, Kind, Section, clamp_setting, settings_to_run_config
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,19 @@ def detect_accelerators() -> list[str]:
     return found
 
 
+def warm_up_engine() -> None:
+    """Import the engine's reconstruction modules ahead of the first click (off the GUI thread).
+
+    ``ptychodus_pinn.inference`` imports the training module and with it Lightning: seconds on a
+    CPU, which would otherwise delay the network's first object of the session.
+    """
+    try:
+        for module in ("ptychodus_pinn.inference", "ptychodus_pinn.refinement"):
+            importlib.import_module(module)
+    except Exception:
+        logger.debug("engine warm-up import failed", exc_info=True)
+
+
 class _Devices:
     """Detects devices once per process, in a thread, and fills every accelerator combo box."""
 
@@ -97,6 +112,7 @@ class _Devices:
         signals = cls._signals
         if signals is not None:
             signals.devices_detected.emit(found)
+        warm_up_engine()
 
     @classmethod
     def _on_detected(cls, found: list[str]) -> None:
@@ -238,6 +254,9 @@ class PinnViewControllerFactory(ReconstructorViewControllerFactory):
             group = _group_title(field)
             if field.kind is Kind.BOOL:
                 builder.add_check_box(parameter, field.label, tool_tip=field.tool_tip, group=group)  # type: ignore[arg-type]
+            elif field.kind is Kind.INT and (field.maximum or 0) > QT_INT_MAX:
+                # ptychodus's integer editor uses a QIntValidator, which cannot hold e.g. the seed's 2**32 - 1
+                builder.add_view_controller(_WideIntegerLineEdit(parameter, field), field.label, group=group)
             elif field.kind is Kind.INT:
                 builder.add_integer_line_edit(parameter, field.label, tool_tip=field.tool_tip, group=group)  # type: ignore[arg-type]
             elif field.kind is Kind.REAL:
@@ -257,6 +276,43 @@ class PinnViewControllerFactory(ReconstructorViewControllerFactory):
             _Devices.register(accelerator)
         self.widgets[reconstructor_name] = widget
         return widget
+
+
+QT_INT_MAX = 2**31 - 1
+
+
+class _WideIntegerLineEdit(ParameterViewController, Observer):
+    """A whole-number editor for ranges beyond a C int; out-of-range input is clamped to the field's range."""
+
+    def __init__(self, parameter: Any, field: Field) -> None:
+        super().__init__()
+        self._parameter = parameter
+        self._field = field
+        self._widget = QLineEdit()
+        self._widget.setToolTip(field.tool_tip)
+        self._widget.setValidator(QRegularExpressionValidator(QRegularExpression(r"-?\d{0,12}")))
+        self._sync_model_to_view()
+        self._widget.editingFinished.connect(self._sync_view_to_model)
+        parameter.add_observer(self)
+
+    def get_widget(self) -> QWidget:
+        return self._widget
+
+    def _sync_view_to_model(self) -> None:
+        try:
+            value = int(self._widget.text())
+        except ValueError:
+            self._sync_model_to_view()
+            return
+        self._parameter.set_value(clamp_setting(self._field, value))
+        self._sync_model_to_view()
+
+    def _sync_model_to_view(self) -> None:
+        self._widget.setText(str(self._parameter.get_value()))
+
+    def _update(self, observable: Observable) -> None:
+        if observable is self._parameter:
+            self._sync_model_to_view()
 
 
 class _StaticViewController(ParameterViewController):

@@ -67,13 +67,15 @@ def reconstruct_input_from_scan(scan: Any, **kwargs: Any) -> ReconstructInput:
     return ReconstructInput(scan.patterns, bad, product_from_scan(scan, **kwargs))
 
 
-def load_ptychodus_simulated_scan(model: Any, folder: Path, *, n_positions: int = 256, seed: int = 0) -> tuple[Any, Any]:
+def load_ptychodus_simulated_scan(
+    model: Any, folder: Path, *, n_positions: int = 256, seed: int = 0, size_px: int = 32
+) -> tuple[Any, Any]:
     """A scan whose patterns ptychodus itself simulates from a product holding the true object.
 
     ``model`` is a ptychodus ModelCore; the diffraction file is written to ``folder``. Returns the
     product handle to reconstruct (object guess = ones, same geometry) and the truth scan.
     """
-    truth = simulate_scan("siemens", photons=PHOTONS_PER_PATTERN, n_positions=n_positions, N=32, seed=seed)
+    truth = simulate_scan("siemens", photons=PHOTONS_PER_PATTERN, n_positions=n_positions, N=size_px, seed=seed)
     clean = generate_diffraction_data(product_from_scan(truth, object_array=truth.ground_truth), rng=None)
     expected = clean.get_patterns().astype(np.float64)
     expected *= PHOTONS_PER_PATTERN / expected.sum(axis=(1, 2)).mean()
@@ -89,7 +91,7 @@ def load_ptychodus_simulated_scan(model: Any, folder: Path, *, n_positions: int 
     diffraction = model.workflow_api.load_assembled_diffraction_data(path)
     product = model.workflow_api.register_product(product_from_scan(truth, name="sim"), diffraction=diffraction)
     width_m = product.get_product().object_.get_pixel_geometry().width_m
-    if not np.isclose(width_m, pixel_size_m(32), rtol=1e-6):
+    if not np.isclose(width_m, pixel_size_m(size_px), rtol=1e-6):
         raise AssertionError(f"ptychodus changed the object pixel size to {width_m} m")
     return product, truth
 

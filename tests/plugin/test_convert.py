@@ -96,6 +96,17 @@ def test_output_product_keeps_geometry(scan) -> None:  # type: ignore[no-untyped
     assert zero[0, 0] == 0
 
 
+def test_output_product_with_a_refined_probe(scan) -> None:  # type: ignore[no-untyped-def]
+    parameters = reconstruct_input_from_scan(scan)
+    refined = (np.asarray(scan.probe) * 1.5).astype(np.complex64)
+    product = output_product(parameters, None, probe=refined)
+    assert product.probes is not parameters.product.probes
+    assert np.allclose(product.probes.get_probe_no_opr().get_array(), refined)
+    assert product.probes.get_pixel_geometry() == parameters.product.probes.get_pixel_geometry()
+    with pytest.raises(ConversionError, match="refined probe"):
+        output_product(parameters, None, probe=np.ones((1, 8, 8), np.complex64))
+
+
 def test_refusals_name_the_fix(scan) -> None:  # type: ignore[no-untyped-def]
     parameters = reconstruct_input_from_scan(scan)
     product = parameters.product

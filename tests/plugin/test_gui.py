@@ -98,6 +98,43 @@ def test_entry_selectable_and_settings_follow_widgets(gui: Any, qtbot: Any) -> N
     assert any(button.text() == "Reconstruct" for button in view.processing_view.findChildren(QPushButton))
 
 
+def test_panel_groups_refinement_and_train_first(gui: Any, qtbot: Any) -> None:
+    """The panel: Execution, then the Refinement group (every run refines), then Training (opened by Train On The Scan First)."""
+    from PyQt5.QtWidgets import QCheckBox, QGroupBox
+
+    from ptychodus_pinn.plugin.activation import installed_libraries
+
+    model, view, _ = gui
+    (library,) = installed_libraries(model.processing_core.processing_api)
+    combo = _algorithm_combo(view)
+    combo.setCurrentIndex(combo.findText(RECONSTRUCT))
+    combo.textActivated.emit(RECONSTRUCT)
+    panel = _current_panel(view)
+    titles = [box.title() for box in panel.findChildren(QGroupBox)]
+    assert titles == ["Execution", "Refinement", "Training", "Model", "Advanced", "Display"]
+    (refinement,) = [box for box in panel.findChildren(QGroupBox) if box.title() == "Refinement"]
+    names = [child.objectName() for child in refinement.findChildren((QLineEdit, QComboBox, QCheckBox))]
+    assert names == ["refine_epochs", "refine_probe", "refine_batch_size", "refine_start", "refine_noise_model"]
+    epochs = refinement.findChild(QLineEdit, "refine_epochs")
+    assert epochs.text() == "40" and "0 = network only" in epochs.toolTip()
+    epochs.clear()
+    qtbot.keyClicks(epochs, "0")
+    qtbot.keyClick(epochs, Qt.Key.Key_Return)
+    assert library.settings["refine_epochs"].get_value() == 0
+    start = refinement.findChild(QComboBox, "refine_start")
+    assert [start.itemText(i) for i in range(start.count())] == ["auto", "network", "flat"]
+    (training,) = [box for box in panel.findChildren(QGroupBox) if box.title() == "Training"]
+    first = training.findChildren(QCheckBox)[0]
+    assert first.objectName() == "train_first" and not first.isChecked()
+    first.click()
+    assert library.settings["train_first"].get_value() is True
+    seed = panel.findChild(QLineEdit, "seed")  # the seed's range exceeds a C int (QIntValidator cannot hold it)
+    seed.clear()
+    qtbot.keyClicks(seed, "4294967295")
+    qtbot.keyClick(seed, Qt.Key.Key_Return)
+    assert library.settings["seed"].get_value() == 2**32 - 1
+
+
 def test_invalid_settings_show_a_message_in_the_panel(gui: Any) -> None:
     model, view, _ = gui
     from ptychodus_pinn.plugin.activation import installed_libraries

@@ -70,7 +70,7 @@ def test_engine_exception_reaches_the_log_panel_and_ptychodus_keeps_running(
     model_core: Any, library: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     product, _ = load_ptychodus_simulated_scan(model_core, tmp_path, n_positions=32)
-    configure(library, epochs=1)
+    configure(library, epochs=1, train_first=True)
     real_train = training.train
 
     def failing_train(*args: Any, **kwargs: Any) -> Any:
@@ -92,7 +92,7 @@ def test_engine_exception_reaches_the_log_panel_and_ptychodus_keeps_running(
 
     monkeypatch.setattr(training, "train", real_train)
     output = product.reconstruct_local(algorithm=RECONSTRUCT, block=True)  # ptychodus still works
-    assert len(output.get_product().losses) == 1
+    assert len(output.get_product().losses) == 1 + 40  # one training epoch, then refinement
 
 
 @pytest.mark.slow
@@ -100,7 +100,7 @@ def test_two_reconstructions_queued_one_after_the_other(
     model_core: Any, library: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     product, _ = load_ptychodus_simulated_scan(model_core, tmp_path, n_positions=64)
-    configure(library, epochs=2, warm_start=False)
+    configure(library, epochs=2, warm_start=False, train_first=True, refine_epochs=2)
     running = {"now": 0, "most": 0}
     real_train = training.train
 
@@ -125,7 +125,7 @@ def test_two_reconstructions_queued_one_after_the_other(
     assert running["most"] == 1  # one after the other, never two trainings at once
     for index in (first, second):
         result = model_core.workflow_api.get_product(index).get_product()
-        assert [loss.epoch for loss in result.losses] == [1, 2]
+        assert [loss.epoch for loss in result.losses] == [1, 2, 3, 4]  # training, then refinement
         assert all(loss.value > 0 for loss in result.losses)  # plotted on ptychodus's log axis
         assert not np.allclose(result.object_.get_layer(0), 1.0)
     assert not _training_threads()
@@ -144,9 +144,14 @@ no_such_key = 1
 epochs = 0
 learning_rate = nan
 
+[PINNTorchPluginRefinement]
+refine_epochs = -3
+refine_start = sideways
+
 [PINNTorchPluginPlugin]
 preview_interval_s = 0.01
 fill_unilluminated = purple
+train_first = perhaps
 """
 
 
@@ -165,14 +170,25 @@ def test_settings_file_with_unknown_missing_and_out_of_range_values(
         (library,) = installed_libraries(model.processing_core.processing_api)
         values = library.settings.values()
     defaults = {key: FIELDS_BY_KEY[key].default for key in FIELDS_BY_KEY}
-    for refused in ("accelerator", "devices", "seed", "deterministic", "learning_rate", "fill_unilluminated"):
+    refused_keys = (
+        "accelerator",
+        "devices",
+        "seed",
+        "deterministic",
+        "learning_rate",
+        "fill_unilluminated",
+        "refine_start",
+        "train_first",
+    )
+    for refused in refused_keys:
         assert values[refused] == defaults[refused], refused
     assert values["batch_size"] == 1  # clamped to the minimum
     assert values["epochs"] == 1
+    assert values["refine_epochs"] == 0
     assert values["preview_interval_s"] == 1.0
     assert values["n_filters_scale"] == defaults["n_filters_scale"]  # missing: default
     settings_to_run_config(values, N=32)  # a usable configuration
-    for key in ("accelerator", "devices", "seed", "deterministic", "learning_rate", "fill_unilluminated"):
+    for key in refused_keys:
         assert f"] {key} = " in plugin_log.text and "refused" in plugin_log.text, key
     assert "batch_size = '-5' is outside" in plugin_log.text
 
@@ -184,7 +200,7 @@ def test_no_leak_after_a_run(model_core: Any, library: Any, tmp_path: Path, monk
     ``test_gpu_memory_released_after_a_run``.
     """
     product, _ = load_ptychodus_simulated_scan(model_core, tmp_path, n_positions=32)
-    configure(library, epochs=1, warm_start=False)
+    configure(library, epochs=1, warm_start=False, train_first=True, refine_epochs=3)
     modules: list[weakref.ref[Any]] = []
     real_init = training.PinnLightningModule.__init__
 
@@ -209,7 +225,7 @@ def test_no_leak_after_a_run(model_core: Any, library: Any, tmp_path: Path, monk
 @pytest.mark.gpu
 def test_gpu_memory_released_after_a_run(model_core: Any, library: Any, tmp_path: Path) -> None:
     product, _ = load_ptychodus_simulated_scan(model_core, tmp_path, n_positions=64)
-    configure(library, epochs=2, accelerator="cuda", warm_start=False)
+    configure(library, epochs=2, accelerator="cuda", warm_start=False, train_first=True)
     torch.cuda.synchronize()
     baseline = torch.cuda.memory_allocated()
     product.reconstruct_local(algorithm=RECONSTRUCT, block=True)

@@ -183,7 +183,7 @@ def test_defaults_agree_with_the_shipped_model() -> None:
 
 
 def test_refinement_group() -> None:
-    registry, values = _settings()
+    _, values = _settings()
     refinement = [field for field in FIELDS if field.section is Section.REFINEMENT]
     assert [field.key for field in refinement] == [
         "refine_epochs",

@@ -117,7 +117,32 @@ def test_one_click_yields_the_network_object_then_the_refined_one(
     assert all(loss.value > 0 for loss in losses) and losses[-1].value < losses[0].value
 
 
-def test_stop_during_refinement_ends_within_2s_and_keeps_the_object(
+def test_default_settings_use_the_shipped_model_then_refine(
+    model_core: Any, library: Any, tmp_path: Path, yields: list[Yielded]
+) -> None:
+    """N=64: nothing loaded, default settings → the shipped pretrained model's object, then refinement."""
+    product, truth = load_ptychodus_simulated_scan(model_core, tmp_path, n_positions=144, size_px=64)
+    configure(library)
+    log = _panel_log(model_core)
+    started = time.monotonic()
+    output = product.reconstruct_local(algorithm=RECONSTRUCT, block=True)
+    seconds = time.monotonic() - started
+    messages = "\n".join(log.messages())
+    print(messages)
+    assert "Reconstructing 144 patterns (N=64) with the shipped pretrained model, then refinement" in messages
+    assert "Warm start skipped" not in messages and "another architecture" not in messages
+    assert "Refinement started from the" in messages
+    network_ssim = phase_ssim(yields[0].object, truth)
+    final_ssim = phase_ssim(output.get_product().object_.get_layer(0), truth)
+    print(
+        f"shipped model: network {network_ssim:.3f} after {yields[0].at_s - started:.1f} s, refined {final_ssim:.3f} "
+        f"after {seconds:.1f} s"
+    )
+    assert final_ssim > max(network_ssim, REFINED_PHASE_SSIM)
+    assert library.model_slot.source == "the shipped pretrained model"  # loaded: Infer and Save Model work
+
+
+def test_preview_while_refining_then_stop_ends_within_2s_keeping_the_object(
     model_core: Any, library: Any, scene: tuple[Any, Any], n32_model: Any, yields: list[Yielded]
 ) -> None:
     product, truth = scene
@@ -128,28 +153,31 @@ def test_stop_during_refinement_ends_within_2s_and_keeps_the_object(
     snapshot = monitor.get_completed_runs()
     output_index = processing.reconstruct(product_index=product.get_product_index(), algorithm=RECONSTRUCT)
     deadline = time.monotonic() + 120
-    while monitor.get_progress() < 1 + 3 and time.monotonic() < deadline:  # network + a few refinement epochs
+    while len(yields) < 2 and time.monotonic() < deadline:  # the network's object, then a refinement preview
         time.sleep(0.05)
-    assert monitor.get_progress() >= 4, "refinement did not start"
+    assert len(yields) >= 2, "no refinement preview"
+    network, preview = yields[0], yields[1]
+    assert network.progress == 1 and 1 < preview.progress < 1 + 5000
+    preview_after_s = preview.at_s - network.at_s
+    assert 1.9 < preview_after_s < 10.0  # the first preview ~2 s after the network's object (Preview Interval: 15 s)
+    assert phase_ssim(preview.object, truth) > phase_ssim(network.object, truth)  # the user watches it sharpen
     stop_at = time.monotonic()
     monitor.stop_processing()
     assert monitor.wait_for_completion_after(snapshot, timeout=60)
     latency_s = time.monotonic() - stop_at
     model_core.run_tasks()  # assign the last product (the GUI timer does this)
     monitor.raise_if_failed()
-    print(f"stop during refinement: run ended {latency_s:.2f} s after Stop")
+    print(f"first refinement preview {preview_after_s:.1f} s after the network's; run ended {latency_s:.3f} s after Stop")
     assert latency_s < 2.0
     result = model_core.workflow_api.get_product(output_index).get_product()
     obj = result.object_.get_layer(0)
     assert np.isfinite(obj).all() and not np.allclose(obj, 1.0)
-    assert phase_ssim(obj, truth) > phase_ssim(yields[0].object, truth)  # the refined state, not the network's
-    assert 3 <= len(result.losses) < 5000
+    assert phase_ssim(obj, truth) >= phase_ssim(preview.object, truth) - 0.02  # the state reached, not the network's
+    assert preview.progress - 1 <= len(result.losses) < 5000
     assert "stopped" in "\n".join(log.messages())
 
 
-def test_infer_refines_too(
-    model_core: Any, library: Any, scene: tuple[Any, Any], n32_model: Any, yields: list[Yielded]
-) -> None:
+def test_infer_refines_too(model_core: Any, library: Any, scene: tuple[Any, Any], n32_model: Any, yields: list[Yielded]) -> None:
     product, truth = scene
     configure(library, refine_epochs=30)
     processing = model_core.processing_core.processing_api
@@ -221,6 +249,40 @@ def test_refinement_off_gives_the_network_object_and_no_model_refines_from_flat(
         product.reconstruct_local(algorithm=RECONSTRUCT, block=True)
 
 
+def test_refine_probe_puts_the_refined_probe_in_the_product(
+    model_core: Any, library: Any, scene: tuple[Any, Any], n32_model: Any
+) -> None:
+    product, _ = scene
+    configure(library, refine_epochs=6, refine_probe=True)
+    output = product.reconstruct_local(algorithm=RECONSTRUCT, block=True)
+    before = product.get_product().probes.get_probe_no_opr().get_array()
+    after = output.get_product().probes.get_probe_no_opr().get_array()
+    assert after.shape == before.shape and np.isfinite(after).all()
+    assert not np.allclose(after, before)
+
+
+def test_train_first_names_the_setting_that_blocks_the_warm_start(
+    model_core: Any, library: Any, scene: tuple[Any, Any], n32_model: Any
+) -> None:
+    product, _ = scene
+    configure(library, train_first=True, epochs=1, refine_epochs=2, n_filters_scale=2, batch_size=32)
+    log = _panel_log(model_core)
+    output = product.reconstruct_local(algorithm=RECONSTRUCT, block=True)
+    messages = "\n".join(log.messages())
+    assert (
+        "Warm start skipped: a test model (N=32) has another architecture than the settings; "
+        "to start from it set Network Width (n_filters_scale) to 1"
+    ) in messages
+    assert "Refinement started from the" in messages
+    assert [loss.epoch for loss in output.get_product().losses] == [1, 2, 3]  # training, then refinement
+
+    library.model_slot.set(n32_model, "a test model (N=32)")
+    configure(library, n_filters_scale=1)  # the default, which is also the shipped model's width
+    product.reconstruct_local(algorithm=RECONSTRUCT, block=True)
+    messages = "\n".join(log.messages())
+    assert "Warm start skipped" not in messages and "starting from a test model (N=32)" in messages
+
+
 def test_batch_mode_reconstructs_with_network_and_refinement(
     model_core: Any, library: Any, trained_small: Any, tmp_path: Path
 ) -> None:
@@ -228,7 +290,7 @@ def test_batch_mode_reconstructs_with_network_and_refinement(
 
     ptychodus writes one numbered product file per yield: the network's (progress 1) and the refined one.
     """
-    from ptychodus.api.io import StandardFileLayout
+    from ptychodus.api.io import StandardFileLayout, load_product
 
     from ptychodus_pinn.persistence import save_model
 
@@ -248,8 +310,7 @@ def test_batch_mode_reconstructs_with_network_and_refinement(
     messages = "\n".join(log.messages())
     assert int(code) == 0, messages
     written = sorted(outputs.glob("product.*.h5"))
-    assert [path.name for path in written][0] == "product.000001.h5" and written[-1].name == "product.000031.h5"
-    from ptychodus.api.io import load_product
+    assert written[0].name == "product.000001.h5" and written[-1].name == "product.000031.h5"
 
     network = load_product(written[0]).object_.get_layer(0)
     refined = load_product(written[-1]).object_.get_layer(0)

@@ -76,7 +76,7 @@ from ptychodus_pinn.inference import reconstruct_network
 from ptychodus_pinn.metrics import compare
 from ptychodus_pinn.outputs import write_json
 from ptychodus_pinn.persistence import load_pretrained, pretrained_path
-from ptychodus_pinn.refinement import RefinementProblem, _filled, choose_start, iterate_refinement
+from ptychodus_pinn.refinement import RefinementProblem, choose_start, iterate_refinement
 from ptychodus_pinn.simulate import ObjectKind, ScanPath, simulate_scan
 
 HERE = Path(__file__).resolve().parent
@@ -606,14 +606,13 @@ def refinement_curve(
 ) -> tuple[Curve, np.ndarray]:
     """Refine with the engine's own loop, scoring at ``record_epochs`` without counting the scoring.
 
-    Counted: building the problem, the start choice and the epochs (``RefinementReport.seconds``,
-    from which the time spent scoring inside the loop is subtracted), plus ``time_offset_s`` (the
-    network's time for network + refinement). Epoch 0 is the chosen start.
+    Counted: building the problem, the start choice and the epochs (``RefinementReport.seconds``
+    counts the loop's own work only, so scoring between epochs is left out), plus ``time_offset_s``
+    (the network's time for network + refinement). Epoch 0 is the chosen start.
     """
     tick = time.perf_counter()
     problem = RefinementProblem(scan, np.ones(scan.object_shape, np.complex64))
-    # refine() fills the network object's unlit pixels before choosing; the lower-level API does not
-    chosen, start_nll = choose_start(problem, None if start_object is None else _filled(start_object), config.start)
+    chosen, start_nll = choose_start(problem, start_object, config.start)
     setup_s = time.perf_counter() - tick
     base_s = time_offset_s + setup_s
     curve = Curve(method)
@@ -622,7 +621,7 @@ def refinement_curve(
     epochs: list[dict[str, Any]] = []
     scoring_s = 0.0
     for report in iterate_refinement(problem, config):
-        wall_s = base_s + report.seconds - scoring_s
+        wall_s = base_s + report.seconds  # the loop's own seconds: scoring between epochs is not in them
         epochs.append({"epoch": report.epoch, "wall_s": wall_s, "nll": report.nll, "batch_size": report.batch_size})
         if report.epoch in marks:
             tick = time.perf_counter()
@@ -668,7 +667,7 @@ def warm_up(scan: Scan, model: Any, settings: Settings) -> float:
     tick = time.perf_counter()
     start_object = None
     if model is not None:
-        start_object = _filled(reconstruct_network(model, scan, execution=ExecutionConfig(accelerator="cpu")).object)
+        start_object = reconstruct_network(model, scan, execution=ExecutionConfig(accelerator="cpu")).object
     problem = RefinementProblem(scan, np.ones(scan.object_shape, np.complex64))
     choose_start(problem, start_object, RefinementStart.AUTO)
     for _ in iterate_refinement(problem, RefinementConfig(epochs=2)):
@@ -787,7 +786,7 @@ def run_real(settings: Settings, out: Path, name: str) -> dict[str, Any]:
         tick = time.perf_counter()
         start_object = None
         if model is not None:
-            start_object = _filled(reconstruct_network(model, half, execution=ExecutionConfig(accelerator="cpu")).object)
+            start_object = reconstruct_network(model, half, execution=ExecutionConfig(accelerator="cpu")).object
         problem = RefinementProblem(half, np.ones(half.object_shape, np.complex64))
         starts.append(choose_start(problem, start_object, config.start)[0].value)
         seconds[len(problems)] += time.perf_counter() - tick

@@ -47,7 +47,8 @@ EPS_COUNTS = 1e-6
 
 @dataclass
 class RefinementReport:
-    """Progress after one epoch: the mean Poisson NLL per pattern seen during it (dose-normalised)."""
+    """Progress after one epoch: the mean Poisson NLL per pattern seen during it (dose-normalised) and
+    the refinement loop's own seconds so far (time the caller spends between epochs is not counted)."""
 
     epoch: int
     epochs: int
@@ -122,6 +123,14 @@ class RefinementProblem:
     def cropped(self, canvas: torch.Tensor) -> torch.Tensor:
         pad = self.pad
         return canvas[pad : pad + self.object_shape[0], pad : pad + self.object_shape[1]]
+
+    def current_object(self) -> np.ndarray:
+        """The object being refined, on the scan's grid."""
+        return self.cropped(self.canvas).cpu().numpy().astype(np.complex64)
+
+    def illuminated(self) -> np.ndarray:
+        """Pixels of the scan's grid that any probe position lights (above 10⁻³ of the peak)."""
+        return (self.cropped(self.illumination) > 1e-3 * float(self.illumination.max())).cpu().numpy()
 
     def flat_indices(self, batch: torch.Tensor) -> torch.Tensor:
         return physics.window_flat_indices(self.top_left[batch], self.size, self.canvas_shape[1])
@@ -293,10 +302,11 @@ def iterate_refinement(
     """
     generator = torch.Generator().manual_seed(config.seed)
     updates = _EpochUpdates(config.momentum_gain)
-    started = time.perf_counter()
+    working_seconds = 0.0  # the loop's own time: what the caller does between epochs is not counted
     batch_size = min(config.batch_size, problem.count)
     largest_batch = min(problem.count, max(config.batch_size, max_batch_patterns(problem.size, problem.probe.shape[0])))
     for epoch in range(1, config.epochs + 1):
+        epoch_started = time.perf_counter()
         epoch_start_canvas = problem.canvas.clone()
         refine_probe = config.refine_probe and epoch >= config.probe_start_epoch
         illumination = problem.illumination.reshape(-1)
@@ -326,11 +336,12 @@ def iterate_refinement(
             extra = updates.extrapolation(update, correlations, weight)
             if extra is not None:
                 problem.canvas = problem.canvas + extra
+        working_seconds += time.perf_counter() - epoch_started
         yield RefinementReport(
             epoch=epoch,
             epochs=config.epochs,
             nll=nll_sum / max(seen, 1) / problem.mean_counts,
-            seconds=time.perf_counter() - started,
+            seconds=working_seconds,
             batch_size=batch_size,
             stopped=stopped,
         )
@@ -428,16 +439,15 @@ def refine_steps(
     """
     config = config or RefinementConfig()
     started = time.perf_counter()
-    start_object = None if network_object is None else _filled(network_object)
     problem = RefinementProblem(scan, np.ones(scan.object_shape, np.complex64), device)
-    chosen, start_scores = choose_start(problem, start_object, config.start)
+    chosen, start_scores = choose_start(problem, network_object, config.start)
     best_nll = start_scores[chosen.value]
     best = (problem.canvas.clone(), problem.probe.clone(), 0)
     before = best
     history: list[RefinementReport] = []
     for report in iterate_refinement(problem, config, should_stop):
         history.append(report)
-        report.snapshot = lambda: problem.cropped(problem.canvas).cpu().numpy().astype(np.complex64)
+        report.snapshot = problem.current_object
         yield report
         # an epoch's NLL is gathered before each mini-batch's update: it scores the state it started from
         if math.isfinite(report.nll) and report.nll < best_nll:
@@ -447,11 +457,10 @@ def refine_steps(
     if history and (stopped or problem.nll(problem.canvas) <= best_nll):
         best = before
     canvas, probe, best_epoch = best
-    illuminated = problem.cropped(problem.illumination) > 1e-3 * float(problem.illumination.max())
     return RefinementResult(
         object=problem.cropped(canvas).cpu().numpy().astype(np.complex64),
         probe=(probe / math.sqrt(problem.scale)).cpu().numpy().astype(np.complex64),
-        illuminated=illuminated.cpu().numpy(),
+        illuminated=problem.illuminated(),
         start=chosen,
         start_nll=start_scores,
         history=history,

@@ -721,7 +721,8 @@ def run_case(case: Case, settings: Settings, out: Path, name: str) -> dict[str, 
     )
     if model is not None:
         refined, objects[NETWORK_REFINED] = refinement_curve(
-            NETWORK_REFINED, scan, network.object, RefinementConfig(epochs=settings.refine_epochs), score,
+            NETWORK_REFINED, scan, network.object,
+            RefinementConfig(epochs=settings.refine_epochs, start=RefinementStart.AUTO), score,
             time_offset_s=network_s,
         )  # fmt: skip
         curves.append(refined)

@@ -389,7 +389,10 @@ class RefinementConfig:
     refine_probe: bool = False
     probe_start_epoch: int = 2
     noise_model: NoiseModel = NoiseModel.POISSON
-    start: RefinementStart = RefinementStart.AUTO
+    # flat by default: measured (benchmarks/results/refinement-cpu.md), a network that hallucinates on an
+    # object kind it never saw can fit the data better at the start and still end far worse (grains:
+    # 0.25 vs 0.76 phase SSIM), so the likelihood at the start cannot vouch for it; auto/network opt in
+    start: RefinementStart = RefinementStart.FLAT
     momentum_gain: float = 0.5
     preconditioner_damping: float = 0.1
     seed: int = 0

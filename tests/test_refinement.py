@@ -101,7 +101,7 @@ def test_refinement_works_on_other_objects_and_scan_paths(kind, path):
 def test_a_worse_than_flat_network_start_does_not_lower_the_result(bright_scan):
     rng = np.random.default_rng(0)
     garbage = (0.3 + rng.random(bright_scan.object_shape)) * np.exp(3j * rng.standard_normal(bright_scan.object_shape))
-    config = RefinementConfig(epochs=8)
+    config = RefinementConfig(epochs=8, start="auto")
     from_garbage = refine(bright_scan, garbage.astype(np.complex64), config)
     from_flat = refine(bright_scan, None, config)
     assert from_garbage.start is RefinementStart.FLAT
@@ -119,7 +119,7 @@ def test_a_good_network_start_is_chosen_and_helps(bright_scan):
     truth = bright_scan.ground_truth
     decent = gaussian_filter(truth.real, 1.5) + 1j * gaussian_filter(truth.imag, 1.5)
     decent = (decent + 0.02 * rng.standard_normal(truth.shape)).astype(np.complex64)
-    config = RefinementConfig(epochs=4)
+    config = RefinementConfig(epochs=4, start="auto")
     from_network = refine(bright_scan, decent, config)
     from_flat = refine(bright_scan, None, config)
     assert from_network.start is RefinementStart.NETWORK

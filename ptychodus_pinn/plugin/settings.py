@@ -242,8 +242,9 @@ FIELDS: tuple[Field, ...] = (
         "Start:",
         Kind.CHOICE,
         _R.start.value,
-        "Where refinement starts: auto = the network's object or a flat one, whichever the data's "
-        "likelihood prefers (a poor network can never hurt); network or flat force the choice.",
+        "Where refinement starts: flat (default: safe on object kinds the network never saw); auto = the "
+        "network's object or a flat one, whichever fits the data better at the start (faster when the network "
+        "knows the object kind, but a hallucinating network can fit better and still end worse); network forces it.",
         "refinement",
         attribute="start",
         choices=_values(RefinementStart),

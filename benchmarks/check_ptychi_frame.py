@@ -11,7 +11,7 @@ far field ``fftshift(fft2(ifftshift(psi), norm='ortho'))``. Then:
    (``phase_cross_correlation`` with upsampling) and a good phase SSIM;
 3. seconds per epoch are measured (N=64, 576 patterns, 2 threads by default).
 
-Run in the benchmark venv: ``/work/bench-venv/bin/python benchmarks/check_ptychi_frame.py``.
+Run in the benchmark venv: ``"${BENCH_VENV:-../bench-venv}"/bin/python benchmarks/check_ptychi_frame.py``.
 Exit status 1 when a check fails.
 """
 

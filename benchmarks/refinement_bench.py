@@ -27,8 +27,8 @@ on each interleaved half of the scan, half-scan FRC 1/7 ring beside LSQML's.
 
 Run in the benchmark venv (``bash benchmarks/setup_bench_venv.sh`` once)::
 
-    /work/bench-venv/bin/python benchmarks/refinement_bench.py --quick        # ~1-2 min
-    /work/bench-venv/bin/python benchmarks/refinement_bench.py --real --readme   # the committed run
+    "${BENCH_VENV:-../bench-venv}"/bin/python benchmarks/refinement_bench.py --quick        # ~1-2 min
+    "${BENCH_VENV:-../bench-venv}"/bin/python benchmarks/refinement_bench.py --real --readme   # the committed run
 """
 
 from __future__ import annotations

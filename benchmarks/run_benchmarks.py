@@ -19,8 +19,8 @@ amplitude scale removed, illuminated region only). Writes ``benchmarks/results/<
 
 Run in the benchmark venv (``bash benchmarks/setup_bench_venv.sh`` once)::
 
-    /work/bench-venv/bin/python benchmarks/run_benchmarks.py --quick          # a few minutes
-    /work/bench-venv/bin/python benchmarks/run_benchmarks.py --name cpu-n64 --sizes 64 --photons 1e5
+    "${BENCH_VENV:-../bench-venv}"/bin/python benchmarks/run_benchmarks.py --quick          # a few minutes
+    "${BENCH_VENV:-../bench-venv}"/bin/python benchmarks/run_benchmarks.py --name cpu-n64 --sizes 64 --photons 1e5
 """
 
 from __future__ import annotations

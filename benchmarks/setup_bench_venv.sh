@@ -3,11 +3,11 @@
 # together). Kept out of the project's runtime dependencies. Idempotent: re-running only
 # installs what is missing.
 #
-#   bash benchmarks/setup_bench_venv.sh            # venv at /work/bench-venv
+#   bash benchmarks/setup_bench_venv.sh            # venv at ../bench-venv
 #   BENCH_VENV=/path/to/venv bash benchmarks/setup_bench_venv.sh
 set -euo pipefail
 
-VENV="${BENCH_VENV:-/work/bench-venv}"
+VENV="${BENCH_VENV:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/bench-venv}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 

@@ -24,12 +24,6 @@ def far_field(exit_wave: torch.Tensor) -> torch.Tensor:
     return torch.fft.fftshift(torch.fft.fft2(shifted, norm="ortho"), dim=(-2, -1))
 
 
-def back_propagate(far_field_wave: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``far_field`` (unitary, so it is also its adjoint)."""
-    shifted = torch.fft.ifftshift(far_field_wave, dim=(-2, -1))
-    return torch.fft.fftshift(torch.fft.ifft2(shifted, norm="ortho"), dim=(-2, -1))
-
-
 def predicted_counts(object_patches: torch.Tensor, probe: torch.Tensor, intensity_scale: torch.Tensor | float) -> torch.Tensor:
     """Expected counts ``scale * sum_p |F(O * P_p)|^2`` for patches (..., N, N) and probe modes (P, N, N)."""
     exit_waves = object_patches.unsqueeze(-3) * probe  # (..., P, N, N)
@@ -53,11 +47,15 @@ def poisson_nll(
     divided by the mean counts per pattern so its size does not depend on dose. The mean counts
     may be a tensor broadcastable to the per-pattern losses (several scans at different doses).
     """
+    return (poisson_nll_per_pattern(predicted, measured, valid) / mean_counts_per_pattern).mean()
+
+
+def poisson_nll_per_pattern(predicted: torch.Tensor, measured: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """``sum(I - k log(I + eps))`` over the valid pixels of each pattern, in count units (not normalised)."""
     per_pixel = predicted - measured * torch.log(predicted + EPSILON_COUNTS)
     if valid is not None:
         per_pixel = per_pixel * valid
-    per_pattern = per_pixel.sum(dim=(-2, -1))
-    return (per_pattern / mean_counts_per_pattern).mean()
+    return per_pixel.sum(dim=(-2, -1))
 
 
 def amplitude_mae(

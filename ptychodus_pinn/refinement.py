@@ -42,8 +42,6 @@ from ptychodus_pinn import physics
 from ptychodus_pinn.config import NoiseModel, RefinementConfig, RefinementStart
 from ptychodus_pinn.data import Scan
 
-EPS_COUNTS = 1e-6
-
 
 @dataclass
 class RefinementReport:
@@ -97,7 +95,7 @@ class RefinementProblem:
         valid = np.ones((self.size, self.size), bool) if scan.bad_pixels is None else ~scan.bad_pixels
         self.valid = torch.fft.ifftshift(torch.from_numpy(valid).to(self.device, torch.float32), dim=(-2, -1))
         # counts on valid pixels only: a masked pixel may hold anything (hot, saturated, dead)
-        self.mean_counts = max(float((self.patterns * self.valid).sum()) / self.count, EPS_COUNTS)
+        self.mean_counts = max(float((self.patterns * self.valid).sum()) / self.count, physics.EPSILON_COUNTS)
         self.scale = self.mean_counts / float(np.sum(np.abs(scan.probe) ** 2))
         self.probe = torch.from_numpy(scan.probe).to(self.device, torch.complex64) * math.sqrt(self.scale)
         self.probe_power = float(_abs2(self.probe).sum())
@@ -174,8 +172,7 @@ class RefinementProblem:
         return total / self.count / self.mean_counts
 
     def _batch_nll(self, predicted: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
-        per_pixel = (predicted - measured * torch.log(predicted + EPS_COUNTS)) * self.valid
-        return per_pixel.sum(dim=(-2, -1))
+        return physics.poisson_nll_per_pattern(predicted, measured, self.valid)
 
 
 def _abs2(values: torch.Tensor) -> torch.Tensor:
@@ -188,9 +185,8 @@ def _far_field(exit_waves: torch.Tensor) -> torch.Tensor:
     return torch.fft.fft2(exit_waves, norm="ortho")
 
 
-def _poisson_step_lengths(predicted: torch.Tensor, measured: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Per-pattern a in [0, 1] minimising the Poisson NLL of Î·(1 − a·ξ)², ξ = 1 − I/Î (Newton)."""
-    xi = (1 - measured / (predicted + EPS_COUNTS)) * valid
+def _poisson_step_lengths(predicted: torch.Tensor, measured: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+    """Per-pattern a in [0, 1] minimising the Poisson NLL of Î·(1 − a·ξ)², ξ = (1 − I/Î) on valid pixels (Newton)."""
     step = torch.full(predicted.shape[:1], 0.5, device=predicted.device)
     for _ in range(4):
         factor = (1 - step[:, None, None] * xi).clamp_min(1e-3)
@@ -413,11 +409,11 @@ def _exit_wave_residual(
     predicted = _abs2(far).sum(dim=1)
     nll = float(problem._batch_nll(predicted, measured).sum())
     if noise_model is NoiseModel.POISSON:
-        lengths = _poisson_step_lengths(predicted, measured, problem.valid)
-        xi = (1 - measured / (predicted + EPS_COUNTS)) * problem.valid
+        xi = (1 - measured / (predicted + physics.EPSILON_COUNTS)) * problem.valid
+        lengths = _poisson_step_lengths(predicted, measured, xi)
         far_change = -(lengths[:, None, None] * xi)[:, None] * far
     else:
-        ratio = torch.sqrt(measured / (predicted + EPS_COUNTS))
+        ratio = torch.sqrt(measured / (predicted + physics.EPSILON_COUNTS))
         far_change = ((ratio - 1) * problem.valid)[:, None] * far
     return torch.fft.ifft2(far_change, norm="ortho"), nll
 

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ptychodus_pinn import physics
-from ptychodus_pinn.config import ModelConfig
-from ptychodus_pinn.model import PinnModel, TrainingRecord
-from ptychodus_pinn.network import parameter_count
+from ptychodus_pinn.engine import physics
+from ptychodus_pinn.engine.config import ModelConfig
+from ptychodus_pinn.engine.model import PinnModel, TrainingRecord
+from ptychodus_pinn.engine.network import parameter_count
 
 DEFAULT_BATCH = {32: 256, 64: 256, 128: 128, 256: 32}
 
@@ -120,9 +120,9 @@ def bench_one(
 
 def bench_lightning_epoch(size: int, device: torch.device, precision: str, args: argparse.Namespace) -> dict[str, Any]:
     """One end-to-end Lightning epoch (data loading, grouping, logging) on a simulated scan."""
-    from ptychodus_pinn.config import Accelerator, ExecutionConfig, LoggerKind, Precision, RunConfig, TrainingConfig
-    from ptychodus_pinn.simulate import simulate_scan
-    from ptychodus_pinn.training import train
+    from ptychodus_pinn.engine.config import Accelerator, ExecutionConfig, LoggerKind, Precision, RunConfig, TrainingConfig
+    from ptychodus_pinn.engine.simulate import simulate_scan
+    from ptychodus_pinn.engine.training import train
 
     scan = simulate_scan("siemens", 1e5, args.lightning_patterns, size, 0)
     epochs = 2

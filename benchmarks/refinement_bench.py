@@ -11,7 +11,7 @@ simulated with a seed the shipped model never trained on, and on the same machin
 4. **pty-chi LSQML** and 5. **pty-chi ePIE** (``ptychi_runner.run_ptychi``, probe and positions
    fixed, as for refinement).
 
-Quality is ``ptychodus_pinn.metrics.compare`` over one illuminated mask per case (refinement's:
+Quality is ``ptychodus_pinn.engine.metrics.compare`` over one illuminated mask per case (refinement's:
 illumination > 1e-3 of its maximum), the same for every method. Wall time counts each method's own
 work only: refinement's set-up (problem, start choice) and epochs, the network's forward pass and
 stitching (network + refinement starts its clock before the network runs); scoring is never
@@ -70,14 +70,14 @@ from run_benchmarks import (
     plot_reconstructions,
 )
 
-from ptychodus_pinn.config import ExecutionConfig, RefinementConfig, RefinementStart
-from ptychodus_pinn.data import ReadOptions, Scan, atomic_write, load_scan
-from ptychodus_pinn.inference import reconstruct_network
-from ptychodus_pinn.metrics import compare
-from ptychodus_pinn.outputs import write_json
-from ptychodus_pinn.persistence import load_pretrained, pretrained_path
-from ptychodus_pinn.refinement import RefinementProblem, choose_start, iterate_refinement
-from ptychodus_pinn.simulate import ObjectKind, ScanPath, simulate_scan
+from ptychodus_pinn.app.outputs import write_json
+from ptychodus_pinn.engine.config import ExecutionConfig, RefinementConfig, RefinementStart
+from ptychodus_pinn.engine.data import ReadOptions, Scan, atomic_write, load_scan
+from ptychodus_pinn.engine.inference import reconstruct_network
+from ptychodus_pinn.engine.metrics import compare
+from ptychodus_pinn.engine.persistence import load_pretrained, pretrained_path
+from ptychodus_pinn.engine.refinement import RefinementProblem, choose_start, iterate_refinement
+from ptychodus_pinn.engine.simulate import ObjectKind, ScanPath, simulate_scan
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"

@@ -13,7 +13,7 @@ kind are simulated with different seeds, A and B, and on the same machine and th
     reference (FRC between the two after registration) and half-scan FRC (interleaved halves) of
     the PINN and of LSQML (probe refined, as the reference was).
 
-Quality is ptychodus_pinn.metrics.compare (the CLI's implementation: shift, phase ramp/offset and
+Quality is ptychodus_pinn.engine.metrics.compare (the CLI's implementation: shift, phase ramp/offset and
 amplitude scale removed, illuminated region only). Writes ``benchmarks/results/<name>.json``,
 ``<name>.md`` and PNG plots; prints the tables.
 
@@ -45,15 +45,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ptychi_runner import Method, PeakRss, run_ptychi
 
-from ptychodus_pinn import physics
-from ptychodus_pinn.config import Accelerator, ExecutionConfig, LoggerKind, ModelConfig, RunConfig, TrainingConfig
-from ptychodus_pinn.data import ReadOptions, Scan, atomic_write, load_scan
-from ptychodus_pinn.inference import reconstruct
-from ptychodus_pinn.metrics import align_to_reference, compare, frc_threshold_crossing
-from ptychodus_pinn.model import PinnModel
-from ptychodus_pinn.outputs import write_json
-from ptychodus_pinn.simulate import simulate_scan
-from ptychodus_pinn.training import train
+from ptychodus_pinn.app.outputs import write_json
+from ptychodus_pinn.engine import physics
+from ptychodus_pinn.engine.config import Accelerator, ExecutionConfig, LoggerKind, ModelConfig, RunConfig, TrainingConfig
+from ptychodus_pinn.engine.data import ReadOptions, Scan, atomic_write, load_scan
+from ptychodus_pinn.engine.inference import reconstruct
+from ptychodus_pinn.engine.metrics import align_to_reference, compare, frc_threshold_crossing
+from ptychodus_pinn.engine.model import PinnModel
+from ptychodus_pinn.engine.simulate import simulate_scan
+from ptychodus_pinn.engine.training import train
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"

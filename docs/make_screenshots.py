@@ -218,7 +218,7 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
     from ptychodus.view import ViewCore
     from PyQt5.QtWidgets import QApplication
 
-    from ptychodus_pinn.metrics import compare
+    from ptychodus_pinn.engine.metrics import compare
     from ptychodus_pinn.plugin.activation import activate, installed_libraries
     from ptychodus_pinn.plugin.entry import reconstructor_plugin
 

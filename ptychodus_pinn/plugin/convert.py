@@ -84,7 +84,7 @@ def reconstruct_input_to_scan(parameters: ReconstructInput, *, with_object: bool
     ``with_object`` keeps the product's object as ``object_guess`` (supervised labels need it).
     Raises :class:`ConversionError` (a ValueError) with the fix when the data do not fit.
     """
-    from ptychodus_pinn.data import Scan, ScanError
+    from ptychodus_pinn.engine.data import Scan, ScanError
 
     patterns = np.asarray(parameters.diffraction_patterns)
     if patterns.ndim != 3 or patterns.shape[-1] != patterns.shape[-2]:

@@ -38,7 +38,7 @@ from ptychodus.api.reconstruct import (
 )
 from ptychodus.api.settings import SettingsRegistry
 
-from ptychodus_pinn.config import TrainingMode
+from ptychodus_pinn.engine.config import TrainingMode
 
 from .convert import losses_from_history, output_product, poisson_loss_floor, reconstruct_input_to_scan, shown_loss
 from .runner import DoneEvent, EpochEvent, ErrorEvent, TrainingRun, release_device_memory
@@ -139,7 +139,7 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
     # -- models -----------------------------------------------------------------------------------
 
     def save_model(self, file_path: Path) -> None:
-        from ptychodus_pinn.persistence import save_model
+        from ptychodus_pinn.engine.persistence import save_model
 
         model = self.model_slot.get()
         if model is None:
@@ -151,7 +151,7 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
         logger.info("Saved the model to %s", path)
 
     def load_model(self, file_path: Path) -> None:
-        from ptychodus_pinn.persistence import load_model
+        from ptychodus_pinn.engine.persistence import load_model
 
         model = load_model(Path(file_path))
         self.model_slot.set(model, f"loaded from {Path(file_path).name}")
@@ -175,7 +175,7 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
 def _pretrained_model(size_px: int) -> Any | None:
     """A pretrained model shipped with the engine, if the engine offers one for this size."""
     try:
-        from ptychodus_pinn import persistence
+        from ptychodus_pinn.engine import persistence
     except ImportError:
         return None
     finder = getattr(persistence, "load_pretrained", None)
@@ -191,7 +191,7 @@ def _pretrained_model(size_px: int) -> Any | None:
         return None
 
 
-# network-shape fields a warm start must share with the settings (ptychodus_pinn.training.check_model_fits)
+# network-shape fields a warm start must share with the settings (ptychodus_pinn.engine.training.check_model_fits)
 WARM_START_FIELDS = ("N", "gridsize", "n_filters_scale", "amp_activation", "probe_big")
 
 
@@ -217,7 +217,7 @@ def architecture_changes(stored: Any, wanted: Any) -> list[str]:
 
 def _preview(model: Any, scan: Any, execution: Any) -> Any:
     """The network's object from the model being trained (training thread, between epochs): fast, no refinement."""
-    from ptychodus_pinn.inference import reconstruct_network
+    from ptychodus_pinn.engine.inference import reconstruct_network
 
     was_training = bool(getattr(model, "training", False))
     try:
@@ -228,8 +228,8 @@ def _preview(model: Any, scan: Any, execution: Any) -> Any:
 
 def _loss_floor(scan: Any, config: Any) -> float:
     """What ptychodus's loss plot subtracts: the Poisson loss of a perfect fit (see ``poisson_loss_floor``)."""
-    from ptychodus_pinn.config import LossKind
-    from ptychodus_pinn.physics import EPSILON_COUNTS
+    from ptychodus_pinn.engine.config import LossKind
+    from ptychodus_pinn.engine.physics import EPSILON_COUNTS
 
     if config.model.mode is not TrainingMode.PINN or config.model.loss is not LossKind.POISSON:
         return 0.0
@@ -282,7 +282,7 @@ class _PinnReconstructorBase:
         model refinement starts from a flat object. If refinement fails (e.g. out of GPU memory) the
         network's object is the final product.
         """
-        from ptychodus_pinn.inference import reconstruct_network
+        from ptychodus_pinn.engine.inference import reconstruct_network
 
         library = self._library
         refinement = config.refinement
@@ -340,8 +340,8 @@ class _PinnReconstructorBase:
         product: Callable[..., Any],
         preview_interval_s: float,
     ) -> Iterator[ReconstructOutput]:
-        from ptychodus_pinn.refinement import refine_steps
-        from ptychodus_pinn.training import torch_device
+        from ptychodus_pinn.engine.refinement import refine_steps
+        from ptychodus_pinn.engine.training import torch_device
 
         library = self._library
         refinement = config.refinement
@@ -566,7 +566,7 @@ class SelfSupervisedReconstructor(_PinnReconstructorBase, Reconstructor):
         )
         if not result.stopped:
             return model
-        from ptychodus_pinn.inference import reconstruct_network
+        from ptychodus_pinn.engine.inference import reconstruct_network
 
         logger.info("Stopped: the best model so far (epoch %d) is loaded; its network object is the result", result.best_epoch)
         try:
@@ -713,7 +713,7 @@ def model_path_for(output_path: Path) -> Path:
 
 def check_model_output(model_path: Path, input_path: Path) -> None:
     """Refuse, before training, a model location that cannot be written or that is a training file."""
-    from ptychodus_pinn.outputs import check_output_file, check_output_folder, check_outputs_spare_inputs
+    from ptychodus_pinn.app.outputs import check_output_file, check_output_folder, check_outputs_spare_inputs
 
     folder = model_path.parent
     check_output_folder(folder, "model output")
@@ -727,7 +727,7 @@ def check_model_output(model_path: Path, input_path: Path) -> None:
 
 def load_training_scans(path: Path, *, supervised: bool) -> list[Any]:
     """Every readable scan file in a directory (or the one file given); unreadable ones are reported."""
-    from ptychodus_pinn.data import ScanError, load_scan
+    from ptychodus_pinn.engine.data import ScanError, load_scan
 
     if path.is_dir():
         files = sorted(

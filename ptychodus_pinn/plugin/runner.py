@@ -26,13 +26,13 @@ POLL_INTERVAL_S = 0.2
 
 @dataclass(frozen=True)
 class EpochEvent:
-    report: Any  # ptychodus_pinn.training.EpochReport
-    preview: Any | None  # ptychodus_pinn.inference.Reconstruction computed at this epoch, if due
+    report: Any  # ptychodus_pinn.engine.training.EpochReport
+    preview: Any | None  # ptychodus_pinn.engine.inference.Reconstruction computed at this epoch, if due
 
 
 @dataclass(frozen=True)
 class DoneEvent:
-    result: Any  # ptychodus_pinn.training.TrainResult
+    result: Any  # ptychodus_pinn.engine.training.TrainResult
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ Event = EpochEvent | DoneEvent | ErrorEvent
 
 
 class TrainingRun:
-    """One call of ``ptychodus_pinn.training.train`` on a worker thread, with stop and previews."""
+    """One call of ``ptychodus_pinn.engine.training.train`` on a worker thread, with stop and previews."""
 
     def __init__(
         self,
@@ -72,7 +72,7 @@ class TrainingRun:
         return self
 
     def _run(self) -> None:
-        from ptychodus_pinn.training import train
+        from ptychodus_pinn.engine.training import train
 
         try:
             with tempfile.TemporaryDirectory(prefix="ptychodus-pinn-") as checkpoint_dir:

@@ -25,7 +25,7 @@ from ptychodus.api.observer import Observable, Observer
 from ptychodus.api.parameters import Parameter
 from ptychodus.api.settings import SettingsRegistry
 
-from ptychodus_pinn.config import (
+from ptychodus_pinn.engine.config import (
     MAX_COUNT,
     MAX_DEVICES,
     MAX_NEIGHBORS,
@@ -112,7 +112,7 @@ def _values(enum: type[StrEnum]) -> tuple[str, ...]:
 _M, _T, _E, _R = ModelConfig(), TrainingConfig(), ExecutionConfig(), RefinementConfig()
 
 # The architecture of the shipped pretrained model (resources/pretrained-n64.pinn.pt, trained by
-# ``ptychodus_pinn.demo.pretrain`` with ``DemoSettings``): the panel's defaults agree with it, so
+# ``ptychodus_pinn.app.demo.pretrain`` with ``DemoSettings``): the panel's defaults agree with it, so
 # "Train On The Scan First" warm-starts from it with default settings (the engine's ModelConfig
 # default width is 2). ``tests/plugin/test_settings.py`` checks this against the shipped file.
 SHIPPED_MODEL_WIDTH = 1

@@ -22,7 +22,7 @@ from PyQt5.QtCore import QObject, QRegularExpression, Qt, pyqtSignal
 from PyQt5.QtGui import QRegularExpressionValidator
 from PyQt5.QtWidgets import QComboBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
 
-from ptychodus_pinn.config import TrainingMode
+from ptychodus_pinn.engine.config import TrainingMode
 from ptychodus_pinn.plugin.library import (
     LIBRARY_NAME,
     MODEL_FILE_FILTER,
@@ -72,11 +72,11 @@ def detect_accelerators() -> list[str]:
 def warm_up_engine() -> None:
     """Import the engine's reconstruction modules ahead of the first click (off the GUI thread).
 
-    ``ptychodus_pinn.inference`` imports the training module and with it Lightning: seconds on a
+    ``ptychodus_pinn.engine.inference`` imports the training module and with it Lightning: seconds on a
     CPU, which would otherwise delay the network's first object of the session.
     """
     try:
-        for module in ("ptychodus_pinn.inference", "ptychodus_pinn.refinement"):
+        for module in ("ptychodus_pinn.engine.inference", "ptychodus_pinn.engine.refinement"):
             importlib.import_module(module)
     except Exception:
         logger.debug("engine warm-up import failed", exc_info=True)

@@ -15,18 +15,6 @@ pytest.importorskip("ptychodus")
 
 
 @pytest.fixture
-def activated() -> Iterator[Any]:
-    """The hooks installed with this distribution's entry (as the shim does), undone afterwards."""
-    from ptychodus_pinn.plugin.activation import activate, deactivate
-    from ptychodus_pinn.plugin.entry import reconstructor_plugin
-
-    deactivate()
-    assert activate([reconstructor_plugin()])
-    yield
-    deactivate()
-
-
-@pytest.fixture
 def model_core(activated: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A started ptychodus ModelCore (its task manager runs background tasks)."""
     monkeypatch.setenv("HOME", str(tmp_path))  # keep ~/.ptychodus writes out of the real home

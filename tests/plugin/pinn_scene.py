@@ -17,7 +17,7 @@ from ptychodus.api.product import Product, ProductMetadata
 from ptychodus.api.reconstruct import ReconstructInput
 from ptychodus.api.simulate.diffraction import generate_diffraction_data
 
-from ptychodus_pinn.simulate import simulate_scan
+from ptychodus_pinn.engine.simulate import simulate_scan
 
 PHOTON_ENERGY_EV = 10_000.0
 DETECTOR_DISTANCE_M = 2.0

@@ -11,14 +11,14 @@ from ptychodus.api.product import Product
 from ptychodus.api.reconstruct import ReconstructInput
 from ptychodus.api.simulate.diffraction import generate_diffraction_data
 
-from ptychodus_pinn import physics
+from ptychodus_pinn.engine import physics
+from ptychodus_pinn.engine.simulate import simulate_scan
 from ptychodus_pinn.plugin.convert import (
     ConversionError,
     output_product,
     probe_centre_offset_px,
     reconstruct_input_to_scan,
 )
-from ptychodus_pinn.simulate import simulate_scan
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_ptychodus_forward_model_matches_engine_at_converted_positions() -> None
     base = simulate_scan("siemens", photons=1e4, n_positions=12, N=32, seed=2)
     # integer engine positions: ptychodus then needs no sub-pixel probe shift, so the comparison is exact
     positions = np.rint(base.positions_yx_px)
-    from ptychodus_pinn.data import Scan
+    from ptychodus_pinn.engine.data import Scan
 
     scan = Scan(base.patterns, positions, base.probe, base.object_shape, ground_truth=base.ground_truth)
     product = product_from_scan(scan, object_array=scan.ground_truth)

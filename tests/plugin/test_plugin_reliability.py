@@ -19,7 +19,7 @@ import pytest
 import torch
 from pinn_scene import load_ptychodus_simulated_scan
 
-import ptychodus_pinn.training as training
+import ptychodus_pinn.engine.training as training
 from ptychodus_pinn.plugin.settings import FIELDS_BY_KEY, settings_to_run_config
 
 RECONSTRUCT = "ptychopinn (pytorch)_reconstruct"

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ptychodus.api.settings import SettingsRegistry
 
-from ptychodus_pinn.config import (
+from ptychodus_pinn.engine.config import (
     Accelerator,
     AmplitudeActivation,
     CheckpointMode,
@@ -171,7 +171,7 @@ def test_round_trip_every_field(config: RunConfig, mode: TrainingMode, refinemen
 
 def test_defaults_agree_with_the_shipped_model() -> None:
     """Default settings warm-start from the shipped model (no "Warm start skipped ... another architecture")."""
-    from ptychodus_pinn.persistence import load_pretrained
+    from ptychodus_pinn.engine.persistence import load_pretrained
     from ptychodus_pinn.plugin.library import architecture_changes, model_fits
 
     shipped = load_pretrained(64)

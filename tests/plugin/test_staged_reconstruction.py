@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from pinn_scene import illuminated_mask, load_ptychodus_simulated_scan
 
-from ptychodus_pinn.metrics import compare
+from ptychodus_pinn.engine.metrics import compare
 
 RECONSTRUCT = "ptychopinn (pytorch)_reconstruct"
 TRAIN_INFER = "ptychopinn (pytorch)_train+infer"
@@ -202,7 +202,7 @@ def test_refinement_failure_keeps_the_network_object(
     yields: list[Yielded],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import ptychodus_pinn.refinement as refinement
+    import ptychodus_pinn.engine.refinement as refinement
 
     def out_of_memory(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details")
@@ -292,7 +292,7 @@ def test_batch_mode_reconstructs_with_network_and_refinement(
     """
     from ptychodus.api.io import StandardFileLayout, load_product
 
-    from ptychodus_pinn.persistence import save_model
+    from ptychodus_pinn.engine.persistence import save_model
 
     inputs = tmp_path / "in"
     outputs = tmp_path / "out"

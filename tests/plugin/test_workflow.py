@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pinn_scene import illuminated_mask, load_ptychodus_simulated_scan
 
-from ptychodus_pinn.metrics import compare
+from ptychodus_pinn.engine.metrics import compare
 
 RECONSTRUCT = "ptychopinn (pytorch)_reconstruct"
 TRAIN_INFER = "ptychopinn (pytorch)_train+infer"
@@ -54,7 +54,7 @@ def test_stop_mid_training_returns_within_2s_with_a_saveable_best_model(  # with
     that inference's duration is measured and allowed on top (it is the fast path, but a loaded
     2-core CI machine can stretch it past a second).
     """
-    import ptychodus_pinn.inference as inference
+    import ptychodus_pinn.engine.inference as inference
 
     product, _ = load_ptychodus_simulated_scan(model_core, tmp_path, n_positions=128)
     configure(library, epochs=200, warm_start=False, train_first=True)

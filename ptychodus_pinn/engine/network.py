@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from ptychodus_pinn.config import AmplitudeActivation, ModelConfig
+from ptychodus_pinn.engine.config import AmplitudeActivation, ModelConfig
 
 BASE_FILTERS = 8
 DEPTH = 3

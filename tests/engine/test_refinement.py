@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from ptychodus_pinn import physics
-from ptychodus_pinn.config import RefinementConfig, RefinementStart
-from ptychodus_pinn.data import Scan
-from ptychodus_pinn.metrics import compare
-from ptychodus_pinn.refinement import RefinementProblem, iterate_refinement, refine
-from ptychodus_pinn.simulate import simulate_scan
+from ptychodus_pinn.engine import physics
+from ptychodus_pinn.engine.config import RefinementConfig, RefinementStart
+from ptychodus_pinn.engine.data import Scan
+from ptychodus_pinn.engine.metrics import compare
+from ptychodus_pinn.engine.refinement import RefinementProblem, iterate_refinement, refine
+from ptychodus_pinn.engine.simulate import simulate_scan
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_truth_is_a_fixed_point_with_fractional_positions(bright_scan):
     problem = RefinementProblem(scan, scan.ground_truth)
     # the data's intensity scale differs from the simulator's by the object's mean power: fit it once
     start = problem.canvas.clone()
-    from ptychodus_pinn.refinement import choose_start
+    from ptychodus_pinn.engine.refinement import choose_start
 
     choose_start(problem, scan.ground_truth, RefinementStart.NETWORK)
     start = problem.canvas.clone()

@@ -9,15 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from ptychodus_pinn.config import ExecutionConfig, ModelConfig, RefinementConfig, RunConfig, TrainingConfig, replace
-from ptychodus_pinn.data import save_scan
-from ptychodus_pinn.figures import save_demo_png
-from ptychodus_pinn.inference import reconstruct
-from ptychodus_pinn.metrics import align_to_reference, illuminated_box, reconstruction_metrics
-from ptychodus_pinn.outputs import write_json, write_losses_csv
-from ptychodus_pinn.persistence import load_model, pretrained_path, save_model
-from ptychodus_pinn.simulate import simulate_scan
-from ptychodus_pinn.training import EpochReport, train
+from ptychodus_pinn.app.figures import save_demo_png
+from ptychodus_pinn.app.outputs import write_json, write_losses_csv
+from ptychodus_pinn.engine.config import ExecutionConfig, ModelConfig, RefinementConfig, RunConfig, TrainingConfig, replace
+from ptychodus_pinn.engine.data import save_scan
+from ptychodus_pinn.engine.inference import reconstruct
+from ptychodus_pinn.engine.metrics import align_to_reference, illuminated_box, reconstruction_metrics
+from ptychodus_pinn.engine.persistence import load_model, pretrained_path, save_model
+from ptychodus_pinn.engine.simulate import simulate_scan
+from ptychodus_pinn.engine.training import EpochReport, train
 
 
 @dataclass(frozen=True)

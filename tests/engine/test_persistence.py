@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from ptychodus_pinn import persistence
-from ptychodus_pinn.config import ModelConfig
-from ptychodus_pinn.persistence import ModelFileError, load_model, save_model
+from ptychodus_pinn.engine import persistence
+from ptychodus_pinn.engine.config import ModelConfig
+from ptychodus_pinn.engine.persistence import ModelFileError, load_model, save_model
 
 
 def test_round_trip_rebuilds_the_same_model(tmp_path, trained_small):

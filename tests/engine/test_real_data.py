@@ -9,12 +9,12 @@ import pytest
 from scipy import ndimage
 from skimage.feature import match_template
 
-from ptychodus_pinn.config import ExecutionConfig, ModelConfig, RunConfig, TrainingConfig
-from ptychodus_pinn.data import ReadOptions, load_scan
-from ptychodus_pinn.inference import reconstruct
-from ptychodus_pinn.training import train
+from ptychodus_pinn.engine.config import ExecutionConfig, ModelConfig, RunConfig, TrainingConfig
+from ptychodus_pinn.engine.data import ReadOptions, load_scan
+from ptychodus_pinn.engine.inference import reconstruct
+from ptychodus_pinn.engine.training import train
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 SCAN = DATA / "siemens-star-small.npz.bz2"
 REFERENCE = DATA / "siemens-star-small_lsqml-reference.npz"
 

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from ptychodus_pinn import __version__
-from ptychodus_pinn.config import ModelConfig, model_config_from_dict, to_dict
-from ptychodus_pinn.data import atomic_write
-from ptychodus_pinn.model import PinnModel, TrainingRecord
+from ptychodus_pinn.engine.config import ModelConfig, model_config_from_dict, to_dict
+from ptychodus_pinn.engine.data import atomic_write
+from ptychodus_pinn.engine.model import PinnModel, TrainingRecord
 
 FORMAT_NAME = "ptychodus-pinn-model"
 FORMAT_VERSION = 1
@@ -165,7 +165,7 @@ def _check_constants(path: Path, record: TrainingRecord) -> None:
 def pretrained_path(size_px: int) -> Path | None:
     """The shipped starting model for N = size_px, from the installed package or a source checkout."""
     name = f"pretrained-n{size_px}{MODEL_SUFFIX}"
-    package_root = Path(__file__).resolve().parent
+    package_root = Path(__file__).resolve().parents[1]
     for folder in (package_root / "resources", package_root.parent / "resources"):
         if (folder / name).is_file():
             return folder / name

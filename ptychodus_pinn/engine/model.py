@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ptychodus_pinn import physics
-from ptychodus_pinn.config import ModelConfig
-from ptychodus_pinn.network import PinnGenerator
+from ptychodus_pinn.engine import physics
+from ptychodus_pinn.engine.config import ModelConfig
+from ptychodus_pinn.engine.network import PinnGenerator
 
 
 def input_normalization_for(mean_total_counts: float, size_px: int) -> float:

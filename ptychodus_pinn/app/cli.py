@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ptychodus_pinn.config import (
+from ptychodus_pinn.app.outputs import save_reconstruction, write_json, write_losses_csv
+from ptychodus_pinn.engine.config import (
     AmplitudeActivation,
     CheckpointMode,
     ExecutionConfig,
@@ -28,7 +29,6 @@ from ptychodus_pinn.config import (
     preset_configs,
     replace,
 )
-from ptychodus_pinn.outputs import save_reconstruction, write_json, write_losses_csv
 
 EXIT_USAGE = 2
 
@@ -181,7 +181,7 @@ def execution_config_from(arguments: argparse.Namespace) -> ExecutionConfig:
 
 def run_config_from(arguments: argparse.Namespace, N: int) -> RunConfig:
     """Preset (chosen by accelerator unless given), then every explicit flag on top."""
-    from ptychodus_pinn.training import resolve_accelerator
+    from ptychodus_pinn.engine.training import resolve_accelerator
 
     execution = execution_config_from(arguments)
     preset = arguments.preset or (Preset.CPU if resolve_accelerator(execution.accelerator) == "cpu" else Preset.GPU)
@@ -192,7 +192,7 @@ def run_config_from(arguments: argparse.Namespace, N: int) -> RunConfig:
 
 
 def read_options_from(arguments: argparse.Namespace) -> Any:
-    from ptychodus_pinn.data import ReadOptions
+    from ptychodus_pinn.engine.data import ReadOptions
 
     return ReadOptions(
         dc_at_corner=arguments.dc_at_corner,
@@ -243,8 +243,8 @@ def check_simulate_arguments(arguments: argparse.Namespace) -> None:
     """Each simulate flag in its range, named as typed (numpy's own words name neither)."""
     import math
 
-    from ptychodus_pinn.config import SUPPORTED_PATTERN_SIZES_PX
-    from ptychodus_pinn.data import available_memory_bytes
+    from ptychodus_pinn.engine.config import SUPPORTED_PATTERN_SIZES_PX
+    from ptychodus_pinn.engine.data import available_memory_bytes
 
     for name, (low, low_in, high, high_in, allowed) in SIMULATE_LIMITS.items():
         value = getattr(arguments, name)
@@ -265,9 +265,9 @@ def check_simulate_arguments(arguments: argparse.Namespace) -> None:
 
 
 def command_simulate(arguments: argparse.Namespace) -> int:
-    from ptychodus_pinn.data import save_scan
-    from ptychodus_pinn.outputs import check_output_file
-    from ptychodus_pinn.simulate import simulate_scan
+    from ptychodus_pinn.app.outputs import check_output_file
+    from ptychodus_pinn.engine.data import save_scan
+    from ptychodus_pinn.engine.simulate import simulate_scan
 
     out = Path(arguments.out)
     check_simulate_arguments(arguments)
@@ -289,10 +289,10 @@ def command_simulate(arguments: argparse.Namespace) -> int:
 
 
 def command_train(arguments: argparse.Namespace) -> int:
-    from ptychodus_pinn.data import load_scan
-    from ptychodus_pinn.outputs import check_output_file, check_output_folder, check_outputs_spare_inputs, same_file
-    from ptychodus_pinn.persistence import load_model, save_model
-    from ptychodus_pinn.training import preflight, train
+    from ptychodus_pinn.app.outputs import check_output_file, check_output_folder, check_outputs_spare_inputs, same_file
+    from ptychodus_pinn.engine.data import load_scan
+    from ptychodus_pinn.engine.persistence import load_model, save_model
+    from ptychodus_pinn.engine.training import preflight, train
 
     files = _scan_files(_existing(arguments.data))
     out = Path(arguments.out)
@@ -339,7 +339,7 @@ INFER_OUTPUTS = ("object.npz", "object.png", "metrics.json")
 
 def check_infer_outputs(out: Path, inputs: dict[Path, str]) -> None:
     """--out must be a writable folder and none of its output files may be an input (they would be overwritten)."""
-    from ptychodus_pinn.outputs import check_output_file, check_output_folder, check_outputs_spare_inputs
+    from ptychodus_pinn.app.outputs import check_output_file, check_output_folder, check_outputs_spare_inputs
 
     check_output_folder(out, "--out")
     outputs = {out / name: "--out" for name in INFER_OUTPUTS}
@@ -350,11 +350,11 @@ def check_infer_outputs(out: Path, inputs: dict[Path, str]) -> None:
 
 
 def command_infer(arguments: argparse.Namespace) -> int:
-    from ptychodus_pinn.data import load_scan
-    from ptychodus_pinn.figures import save_object_png
-    from ptychodus_pinn.inference import reconstruct
-    from ptychodus_pinn.metrics import reconstruction_metrics
-    from ptychodus_pinn.persistence import load_model, pretrained_path
+    from ptychodus_pinn.app.figures import save_object_png
+    from ptychodus_pinn.engine.data import load_scan
+    from ptychodus_pinn.engine.inference import reconstruct
+    from ptychodus_pinn.engine.metrics import reconstruction_metrics
+    from ptychodus_pinn.engine.persistence import load_model, pretrained_path
 
     refinement = refinement_config_from(arguments)
     (data_path,) = _existing([arguments.data])
@@ -389,7 +389,7 @@ def command_infer(arguments: argparse.Namespace) -> int:
 
 
 def command_demo(arguments: argparse.Namespace) -> int:
-    from ptychodus_pinn.demo import run_demo
+    from ptychodus_pinn.app.demo import run_demo
 
     run_demo(
         Path(arguments.out), execution_config_from(arguments), quick=arguments.quick, epochs=arguments.epochs,
@@ -399,8 +399,8 @@ def command_demo(arguments: argparse.Namespace) -> int:
 
 
 def command_pretrain(arguments: argparse.Namespace) -> int:
-    from ptychodus_pinn.demo import run_pretraining
-    from ptychodus_pinn.outputs import check_output_file
+    from ptychodus_pinn.app.demo import run_pretraining
+    from ptychodus_pinn.app.outputs import check_output_file
 
     check_output_file(Path(arguments.out), "--out")
 
@@ -491,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if arguments.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     if not arguments.verbose and arguments.command in ("train", "demo", "pretrain"):
-        from ptychodus_pinn.training import quiet_lightning
+        from ptychodus_pinn.engine.training import quiet_lightning
 
         quiet_lightning()
     try:
@@ -509,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lambda m: "--" + FLAG_NAMES.get(m.group(1), m.group(1).replace("_", "-")) + "=",
                 first_line,
             )
-        from ptychodus_pinn.training import AcceleratorUnavailableError, TrainingOutOfMemoryError
+        from ptychodus_pinn.engine.training import AcceleratorUnavailableError, TrainingOutOfMemoryError
 
         if isinstance(error, RuntimeError) and not isinstance(error, (AcceleratorUnavailableError, TrainingOutOfMemoryError)):
             raise  # a bug, not a user error: keep the traceback

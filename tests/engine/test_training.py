@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from ptychodus_pinn import training
-from ptychodus_pinn.config import ExecutionConfig, ModelConfig, RunConfig, Scheduler, TrainingConfig
-from ptychodus_pinn.data import ScanError
-from ptychodus_pinn.inference import reconstruct_network
-from ptychodus_pinn.training import dataloader_arguments, resolve_accelerator, spatial_split, train, trainer_arguments
+from ptychodus_pinn.engine import training
+from ptychodus_pinn.engine.config import ExecutionConfig, ModelConfig, RunConfig, Scheduler, TrainingConfig
+from ptychodus_pinn.engine.data import ScanError
+from ptychodus_pinn.engine.inference import reconstruct_network
+from ptychodus_pinn.engine.training import dataloader_arguments, resolve_accelerator, spatial_split, train, trainer_arguments
 
 QUIET = {"accelerator": "cpu", "logger": "none", "enable_progress_bar": False}
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ptychodus_pinn.metrics import compare, frc_curve, frc_threshold_crossing, register_shift
-from ptychodus_pinn.simulate import ObjectKind, make_object
+from ptychodus_pinn.engine.metrics import compare, frc_curve, frc_threshold_crossing, register_shift
+from ptychodus_pinn.engine.simulate import ObjectKind, make_object
 
 SHAPE = (96, 96)
 

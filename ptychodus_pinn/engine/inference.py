@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ptychodus_pinn import physics
-from ptychodus_pinn.config import ExecutionConfig, RefinementConfig
-from ptychodus_pinn.data import Scan, ScanError
-from ptychodus_pinn.model import PinnModel, input_normalization_for
-from ptychodus_pinn.refinement import RefinementReport, RefinementResult, refine
-from ptychodus_pinn.training import is_out_of_memory, torch_device
+from ptychodus_pinn.engine import physics
+from ptychodus_pinn.engine.config import ExecutionConfig, RefinementConfig
+from ptychodus_pinn.engine.data import Scan, ScanError
+from ptychodus_pinn.engine.model import PinnModel, input_normalization_for
+from ptychodus_pinn.engine.refinement import RefinementReport, RefinementResult, refine
+from ptychodus_pinn.engine.training import is_out_of_memory, torch_device
 
 logger = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ptychodus_pinn import physics
-from ptychodus_pinn.simulate import make_object, soft_disk_probe
+from ptychodus_pinn.engine import physics
+from ptychodus_pinn.engine.simulate import make_object, soft_disk_probe
 
 
 def test_far_field_matches_numpy_centred_unitary_fft():

@@ -15,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ptychodus_pinn.config import ExecutionConfig, ModelConfig, RunConfig, TrainingConfig
-from ptychodus_pinn.data import ScanError, load_scan
-from ptychodus_pinn.inference import reconstruct
-from ptychodus_pinn.persistence import ModelFileError, load_model
-from ptychodus_pinn.simulate import soft_disk_probe
-from ptychodus_pinn.training import train
+from ptychodus_pinn.engine.config import ExecutionConfig, ModelConfig, RunConfig, TrainingConfig
+from ptychodus_pinn.engine.data import ScanError, load_scan
+from ptychodus_pinn.engine.inference import reconstruct
+from ptychodus_pinn.engine.persistence import ModelFileError, load_model
+from ptychodus_pinn.engine.simulate import soft_disk_probe
+from ptychodus_pinn.engine.training import train
 
 QUIET = ExecutionConfig(accelerator="cpu", logger="none", enable_progress_bar=False)
 
@@ -50,7 +50,7 @@ def test_too_few_patterns_for_the_grid_is_a_clear_error(small_scan):
 def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, small_scan_file):
     model = tmp_path / "killed model.pinn.pt"
     checkpoints = tmp_path / "killed model.pinn.pt.checkpoints"
-    command = [sys.executable, "-m", "ptychodus_pinn.cli", "train", "--data", str(small_scan_file), "--out", str(model),
+    command = [sys.executable, "-m", "ptychodus_pinn.app.cli", "train", "--data", str(small_scan_file), "--out", str(model),
                "--accelerator", "cpu", "--n-filters-scale", "1", "--logger", "none", "--no-progress-bar"]  # fmt: skip
     process = subprocess.Popen([*command, "--epochs", "200"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -75,7 +75,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, small_scan_f
 
 
 def test_resume_without_a_checkpoint_says_so(tmp_path, small_scan_file, capsys):
-    from ptychodus_pinn.cli import main
+    from ptychodus_pinn.app.cli import main
 
     code = main(
         ["train", "--data", str(small_scan_file), "--out", str(tmp_path / "m.pinn.pt"), "--resume", "--accelerator", "cpu"]

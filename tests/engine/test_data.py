@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from ptychodus_pinn.data import ReadOptions, Scan, ScanError, load_scan, save_scan
-from ptychodus_pinn.simulate import simulate_scan, soft_disk_probe
+from ptychodus_pinn.engine.data import ReadOptions, Scan, ScanError, load_scan, save_scan
+from ptychodus_pinn.engine.simulate import simulate_scan, soft_disk_probe
 
 
 def make_scan(**changes):

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ptychodus_pinn import physics
-from ptychodus_pinn.config import (
+from ptychodus_pinn.engine import physics
+from ptychodus_pinn.engine.config import (
     Accelerator,
     ExecutionConfig,
     LoggerKind,
@@ -39,8 +39,8 @@ from ptychodus_pinn.config import (
     TrainingMode,
     replace,
 )
-from ptychodus_pinn.data import DiskFullError, Scan, ScanError, is_disk_full
-from ptychodus_pinn.model import PinnModel, TrainingRecord, input_normalization_for
+from ptychodus_pinn.engine.data import DiskFullError, Scan, ScanError, is_disk_full
+from ptychodus_pinn.engine.model import PinnModel, TrainingRecord, input_normalization_for
 
 logger = logging.getLogger(__name__)
 

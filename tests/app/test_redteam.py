@@ -24,15 +24,15 @@ import numpy as np
 import pytest
 import torch
 
-from ptychodus_pinn import data as data_module
-from ptychodus_pinn.cli import main
-from ptychodus_pinn.config import ExecutionConfig, ModelConfig
-from ptychodus_pinn.data import DiskFullError, ReadOptions, Scan, ScanError, load_scan, save_scan
-from ptychodus_pinn.outputs import OutputPathError, save_reconstruction
-from ptychodus_pinn.persistence import ModelFileError, load_model, save_model
+from ptychodus_pinn.app.cli import main
+from ptychodus_pinn.app.outputs import OutputPathError, save_reconstruction
+from ptychodus_pinn.engine import data as data_module
+from ptychodus_pinn.engine.config import ExecutionConfig, ModelConfig
+from ptychodus_pinn.engine.data import DiskFullError, ReadOptions, Scan, ScanError, load_scan, save_scan
+from ptychodus_pinn.engine.persistence import ModelFileError, load_model, save_model
 
 FAST = ["--accelerator", "cpu", "--epochs", "1", "--logger", "none", "--no-progress-bar", "--n-filters-scale", "1"]
-CLI = [sys.executable, "-m", "ptychodus_pinn.cli"]
+CLI = [sys.executable, "-m", "ptychodus_pinn.app.cli"]
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_case03_model_with_batch_size_zero_is_refused_not_looped_on(run, tmp_pat
         broken = _rewrite_model(model, tmp_path / f"{name}.pinn.pt", lambda p, n=name, v=value: p["constants"].update({n: v}))
         with pytest.raises(ModelFileError, match=name):
             load_model(broken)
-    from ptychodus_pinn.model import TrainingRecord
+    from ptychodus_pinn.engine.model import TrainingRecord
 
     with pytest.raises(ValueError, match="batch_size"):
         TrainingRecord(intensity_scale=1.0, input_normalization=1.0, mean_total_counts=1.0, batch_size=0)
@@ -268,7 +268,7 @@ def test_case09_margin_and_object_grid_are_bounded(run, tmp_path, capsys, monkey
 
 
 def test_case10_device_indices_on_the_cpu_are_one_line(run, tmp_path, capsys, monkeypatch):
-    from ptychodus_pinn.training import AcceleratorUnavailableError, lightning_devices
+    from ptychodus_pinn.engine.training import AcceleratorUnavailableError, lightning_devices
 
     _, scan, _ = run
     assert main(["train", "--data", str(scan), "--out", str(tmp_path / "m.pinn.pt"), *FAST, "--devices", "1,"]) == 2
@@ -289,7 +289,7 @@ def test_case10_device_indices_on_the_cpu_are_one_line(run, tmp_path, capsys, mo
 def test_case11_missing_logger_package_is_refused_up_front(run, tmp_path, capsys, monkeypatch):
     import importlib.util
 
-    from ptychodus_pinn import training
+    from ptychodus_pinn.engine import training
 
     _, scan, _ = run
     real = importlib.util.find_spec
@@ -390,7 +390,7 @@ def test_case14_output_locations_are_checked_before_training(run, tmp_path, caps
 
 
 def test_case15_ctrl_c_during_train_prints_interrupted_and_exits_130(run, tmp_path, capsys, monkeypatch):
-    from ptychodus_pinn.training import PinnLightningModule
+    from ptychodus_pinn.engine.training import PinnLightningModule
 
     _, scan, _ = run
 
@@ -541,7 +541,7 @@ def test_case23_stale_metrics_are_removed_when_the_new_scan_has_no_truth(run, tm
 
 
 def test_case23_sibling_a_new_training_never_resumes_an_older_runs_checkpoints(run, tmp_path):
-    from ptychodus_pinn.training import remove_stale_checkpoints
+    from ptychodus_pinn.engine.training import remove_stale_checkpoints
 
     for name in ("last.ckpt", "best-007.ckpt", "best-001-v1.ckpt", "notes.txt"):
         (tmp_path / name).write_text("old")
@@ -651,7 +651,7 @@ def test_sibling_read_options_and_model_config_limits():
 
 
 def test_sibling_pickled_model_never_unpickled_by_resume_helper(tmp_path, monkeypatch):
-    from ptychodus_pinn.training import CheckpointError, load_resume_checkpoint
+    from ptychodus_pinn.engine.training import CheckpointError, load_resume_checkpoint
 
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "plain.ckpt"

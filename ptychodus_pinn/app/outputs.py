@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychodus_pinn.data import atomic_write
+from ptychodus_pinn.engine.data import atomic_write
 
 
 class OutputPathError(ValueError):

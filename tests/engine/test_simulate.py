@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptychodus_pinn.simulate import ObjectKind, make_object, simulate_scan
+from ptychodus_pinn.engine.simulate import ObjectKind, make_object, simulate_scan
 
 # documented (amplitude, phase) ranges of each kind, in the generators' docstrings and code
 RANGES = {
@@ -47,7 +47,7 @@ def test_object_is_deterministic_per_seed_and_differs_across_seeds(kind):
 
 def test_existing_kinds_reproduce_their_seeds():
     """The Siemens star and lines draw from the seed exactly as before the new kinds were added."""
-    from ptychodus_pinn.simulate import random_lines, siemens_star
+    from ptychodus_pinn.engine.simulate import random_lines, siemens_star
 
     for kind, generator in ((ObjectKind.SIEMENS, siemens_star), (ObjectKind.LINES, random_lines)):
         expected = generator((48, 48), np.random.default_rng(5))
@@ -62,7 +62,7 @@ def test_natural_amplitude_and_phase_come_from_different_photographs():
 
 
 def test_natural_images_load_offline():
-    from ptychodus_pinn.simulate import NATURAL_IMAGES, _grey_photograph
+    from ptychodus_pinn.engine.simulate import NATURAL_IMAGES, _grey_photograph
 
     for name in NATURAL_IMAGES:
         image = _grey_photograph(name)
@@ -70,7 +70,7 @@ def test_natural_images_load_offline():
 
 
 def test_cli_object_choices_match_object_kinds():
-    from ptychodus_pinn.cli import build_parser
+    from ptychodus_pinn.app.cli import build_parser
 
     parser = build_parser()
     subparsers = next(action for action in parser._actions if action.dest == "command")

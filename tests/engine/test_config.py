@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptychodus_pinn.config import (
+from ptychodus_pinn.engine.config import (
     ExecutionConfig,
     ModelConfig,
     Preset,

@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ptychodus_pinn import physics
-from ptychodus_pinn.config import NoiseModel, RefinementConfig, RefinementStart
-from ptychodus_pinn.data import Scan
+from ptychodus_pinn.engine import physics
+from ptychodus_pinn.engine.config import NoiseModel, RefinementConfig, RefinementStart
+from ptychodus_pinn.engine.data import Scan
 
 
 @dataclass

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from ptychodus_pinn.cli import main
+from ptychodus_pinn.app.cli import main
 
 FAST = ["--accelerator", "cpu", "--epochs", "1", "--logger", "none", "--no-progress-bar", "--n-filters-scale", "1"]
 
@@ -91,8 +91,9 @@ def test_demo_quick_writes_metrics_for_both_scans_and_a_figure(tmp_path):
 
 def test_engine_imports_neither_ptychodus_nor_qt():
     code = (
-        "import sys, ptychodus_pinn.cli, ptychodus_pinn.training, ptychodus_pinn.inference, ptychodus_pinn.persistence, "
-        "ptychodus_pinn.demo, ptychodus_pinn.simulate, ptychodus_pinn.metrics, ptychodus_pinn.figures;"
+        "import sys, ptychodus_pinn.app.cli, ptychodus_pinn.engine.training, ptychodus_pinn.engine.inference, "
+        "ptychodus_pinn.engine.persistence, ptychodus_pinn.app.demo, ptychodus_pinn.engine.simulate, "
+        "ptychodus_pinn.engine.metrics, ptychodus_pinn.app.figures;"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('ptychodus', 'PyQt5')];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -106,7 +107,7 @@ def test_ddp_on_two_cpu_processes_gives_the_same_model_format(cli_model, tmp_pat
 
     _, scan, single = cli_model
     out = tmp_path / "ddp.pinn.pt"
-    command = [sys.executable, "-m", "ptychodus_pinn.cli", "train", "--data", str(scan), "--out", str(out), *FAST,
+    command = [sys.executable, "-m", "ptychodus_pinn.app.cli", "train", "--data", str(scan), "--out", str(out), *FAST,
                "--devices", "2", "--strategy", "ddp"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]

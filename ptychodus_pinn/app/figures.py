@@ -27,7 +27,7 @@ def _crop(image: np.ndarray, illuminated: np.ndarray) -> np.ndarray:
 
 
 def _save(figure: Any, path: Path) -> None:
-    from ptychodus_pinn.data import atomic_write
+    from ptychodus_pinn.engine.data import atomic_write
 
     atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=110, bbox_inches="tight", format="png"))
 
@@ -37,7 +37,7 @@ def save_object_png(obj: np.ndarray, illuminated: np.ndarray, path: Path, title:
 
     The phase is shown with its dominant ramp and offset removed (an ambiguity, not structure).
     """
-    from ptychodus_pinn.metrics import flatten_phase
+    from ptychodus_pinn.engine.metrics import flatten_phase
 
     plt = _pyplot()
     cropped = _crop(flatten_phase(obj, illuminated), illuminated)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychodus_pinn.config import SUPPORTED_PATTERN_SIZES_PX
+from ptychodus_pinn.engine.config import SUPPORTED_PATTERN_SIZES_PX
 
 
 class ScanError(ValueError):

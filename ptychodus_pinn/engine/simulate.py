@@ -11,8 +11,8 @@ import torch
 from scipy.ndimage import gaussian_filter, map_coordinates
 from scipy.spatial import cKDTree
 
-from ptychodus_pinn import physics
-from ptychodus_pinn.data import Scan, object_shape_for
+from ptychodus_pinn.engine import physics
+from ptychodus_pinn.engine.data import Scan, object_shape_for
 
 
 class ObjectKind(StrEnum):

@@ -1,0 +1,1 @@
+"""The engine: physics, data, network, training, refinement, inference. Imports neither ptychodus nor Qt."""

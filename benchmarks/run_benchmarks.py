@@ -159,23 +159,22 @@ def quality(obj: np.ndarray, truth: np.ndarray, illuminated: np.ndarray) -> dict
     return compare(obj, truth, illuminated).as_dict()
 
 
-def execution_config(settings: Settings, checkpoint_every_epoch: bool) -> ExecutionConfig:
+def execution_config(settings: Settings) -> ExecutionConfig:
     return ExecutionConfig(
-        accelerator=Accelerator(settings.accelerator),
-        learning_rate=settings.learning_rate,
-        logger=LoggerKind.NONE,
-        enable_progress_bar=False,
-        checkpoint_save_top_k=-1 if checkpoint_every_epoch else 1,
-        seed=0,
+        accelerator=Accelerator(settings.accelerator), logger=LoggerKind.NONE, enable_progress_bar=False, seed=0
     )
 
 
 def run_config(settings: Settings, size: int, epochs: int, checkpoint_every_epoch: bool) -> RunConfig:
-    return RunConfig(
-        model=ModelConfig(N=size, n_filters_scale=settings.n_filters_scale, gridsize=settings.gridsize),
-        training=TrainingConfig(epochs=epochs, batch_size=settings.pinn_batch_size, validation_fraction=0.0),
-        execution=execution_config(settings, checkpoint_every_epoch),
+    training = TrainingConfig(
+        epochs=epochs,
+        batch_size=settings.pinn_batch_size,
+        validation_fraction=0.0,
+        learning_rate=settings.learning_rate,
+        checkpoint_save_top_k=-1 if checkpoint_every_epoch else 1,
     )
+    model = ModelConfig(N=size, n_filters_scale=settings.n_filters_scale, gridsize=settings.gridsize)
+    return RunConfig(model=model, training=training, execution=execution_config(settings))
 
 
 def model_at_epoch(template: PinnModel, checkpoint_dir: Path, epoch: int) -> PinnModel | None:
@@ -277,13 +276,13 @@ def run_case(size: int, photons: float, kind: str, settings: Settings, out: Path
         return quality(obj, truth_a, lit_a if lit is None else lit)
 
     model, pinn = train_pinn(scan_a, settings, settings.pinn_epochs, work, settings.pinn_record_every, score_a)
-    recon_a = reconstruct(model, scan_a, execution=execution_config(settings, False))
+    recon_a = reconstruct(model, scan_a, execution=execution_config(settings))
     pinn.extra["patterns_per_s"] = recon_a.patterns_per_second
     print(
         f"PINN self-supervised: {pinn.extra['seconds_per_epoch']:.2f} s/epoch, best epoch {pinn.extra['best_epoch']}", flush=True
     )
 
-    recon_b = reconstruct(model, scan_b, execution=execution_config(settings, False))
+    recon_b = reconstruct(model, scan_b, execution=execution_config(settings))
     unseen = Curve("PINN unseen scan (inference only)")
     unseen.records.append(
         {"epoch": 0, "wall_s": recon_b.seconds, **quality(recon_b.object, scan_b.ground_truth, recon_b.illuminated)}
@@ -396,7 +395,7 @@ def run_real(settings: Settings, out: Path, work: Path, name: str) -> dict[str, 
 
     lit_ref = fit(lit)
     model, pinn = train_pinn(scan, settings, settings.real_pinn_epochs, work, None)
-    recon = reconstruct(model, scan, execution=execution_config(settings, False))
+    recon = reconstruct(model, scan, execution=execution_config(settings))
     result["pinn"] = {
         "seconds_train": pinn.extra["seconds_train"], "seconds_per_epoch": pinn.extra["seconds_per_epoch"],
         "epochs": pinn.extra["epochs"], "seconds_infer": recon.seconds, "patterns_per_s": recon.patterns_per_second,
@@ -407,7 +406,7 @@ def run_real(settings: Settings, out: Path, work: Path, name: str) -> dict[str, 
     for index in halves:
         half_scan = scan.subset(index)
         half_model, _ = train_pinn(half_scan, settings, settings.real_pinn_epochs, work, None)
-        half_objects.append(reconstruct(half_model, half_scan, execution=execution_config(settings, False)).object)
+        half_objects.append(reconstruct(half_model, half_scan, execution=execution_config(settings)).object)
     result["pinn"]["half_scan"] = frc_between(half_objects[1], half_objects[0], lit)
     print(f"PINN half-scan FRC: {result['pinn']['half_scan']}", flush=True)
 

@@ -35,8 +35,8 @@ def main() -> None:
     scan = load_scan(DATA / "siemens-star-small.npz.bz2", ReadOptions(crop_px=arguments.crop))
     config = RunConfig(
         ModelConfig(N=arguments.crop, n_filters_scale=1),
-        TrainingConfig(epochs=arguments.epochs, batch_size=16, validation_fraction=0.0),
-        ExecutionConfig(accelerator="auto", logger="none", enable_progress_bar=False, learning_rate=3e-3),
+        TrainingConfig(epochs=arguments.epochs, batch_size=16, validation_fraction=0.0, learning_rate=3e-3),
+        ExecutionConfig(accelerator="auto", logger="none", enable_progress_bar=False),
     )
     result = train([scan], config)
     reconstruction = reconstruct(result.model, scan)

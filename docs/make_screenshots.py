@@ -220,7 +220,7 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
 
     from ptychodus_pinn.engine.metrics import compare
     from ptychodus_pinn.plugin.activation import activate, installed_libraries
-    from ptychodus_pinn.plugin.entry import reconstructor_plugin
+    from ptychodus_pinn.qt.entry import reconstructor_plugin
 
     out = Path(arguments.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -56,7 +56,7 @@ def pytest_collection_modifyitems(config, items):
 def activated() -> Iterator[Any]:
     """The hooks installed with this distribution's entry (as the shim does), undone afterwards."""
     from ptychodus_pinn.plugin.activation import activate, deactivate
-    from ptychodus_pinn.plugin.entry import reconstructor_plugin
+    from ptychodus_pinn.qt.entry import reconstructor_plugin
 
     deactivate()
     assert activate([reconstructor_plugin()])

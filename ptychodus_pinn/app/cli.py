@@ -3,29 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import decimal
+import importlib.util
 import logging
-import re
+import os
 import sys
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from ptychodus_pinn.app.outputs import save_reconstruction, write_json, write_losses_csv
+from ptychodus_pinn.app.infer import INFER_OUTPUTS
+from ptychodus_pinn.app.outputs import write_losses_csv
 from ptychodus_pinn.engine.config import (
-    AmplitudeActivation,
-    CheckpointMode,
+    ConfigError,
     ExecutionConfig,
-    LoggerKind,
-    LossKind,
-    NoiseModel,
-    Precision,
+    Knob,
+    ModelConfig,
     Preset,
     RefinementConfig,
-    RefinementStart,
     RunConfig,
-    Scheduler,
-    TrainingMode,
+    TrainingConfig,
+    knobs,
     preset_configs,
     replace,
 )
@@ -35,15 +35,6 @@ EXIT_USAGE = 2
 
 class CliError(Exception):
     """A user error reported in one line with exit code 2."""
-
-
-def _bool_flag(parser: argparse.ArgumentParser, name: str, help_text: str) -> None:
-    parser.add_argument(f"--{name}", default=None, action=argparse.BooleanOptionalAction, help=help_text)
-
-
-def _devices(value: str) -> int | str:
-    """'auto', a count ('2') or Lightning device indices ('1,' or '0,2')."""
-    return int(value) if value.isdigit() else value
 
 
 def _integer(text: str) -> int:
@@ -63,120 +54,123 @@ def _integer(text: str) -> int:
     return int(value)
 
 
+# ------------------------------------------------------------------------- config flags, from the knobs
+
+# (config class name, field) -> the flag that sets it, for the one-line error message; every subcommand's
+# parser holds the flags it has under this name (the configs' flags and the hand-written read flags)
+FLAGS_OF = "config_flags"
+
+
+def _dest(knob: Knob) -> str:
+    return f"{knob.run_field}_{knob.name}"  # training_epochs and refinement_epochs are different flags
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value.value if isinstance(value, StrEnum) else value)
+
+
+def _knob_help(knob: Knob, default: Any, default_text: str | None = None) -> str:
+    """Help text from the knob: what it does, what is allowed (with its unit) and the default."""
+    text = knob.help
+    if knob.value_type is not bool and knob.enum is None:
+        allowed = dataclasses.replace(knob, optional=False).allowed  # None is leaving the flag out
+        text += f" Allowed: {allowed}" + (f", in {knob.unit}." if knob.unit else ".")
+    if default_text is not None:
+        text += f" Default: {default_text}."
+    elif default is None and knob.optional:
+        text += f" Default: {knob.none_means or 'none'}."
+    elif default is not None:
+        text += f" Default: {_shown(default)}."
+    return text.replace("%", "%%")
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    config_class: type,
+    title: str,
+    *,
+    only: Sequence[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+    default_text: dict[str, str] | None = None,
+) -> Any:
+    """One flag per knob of ``config_class`` that has a ``cli_flag`` (only those named in ``only``); returns the group.
+
+    A flag left out is None, so the config's (or the preset's) default stays, unless ``defaults`` gives the
+    subcommand's own; ``default_text`` describes a default that is decided later (e.g. by --preset).
+    """
+    group = parser.add_argument_group(title)
+    defaults, default_text = defaults or {}, default_text or {}
+    flags = dict(parser.get_default(FLAGS_OF) or {})
+    for knob in knobs(config_class):
+        if knob.cli_flag is None or (only is not None and knob.name not in only):
+            continue
+        flags[(knob.config, knob.name)] = knob.cli_flag
+        default = defaults.get(knob.name)
+        help_text = _knob_help(knob, default if knob.name in defaults else knob.default, default_text.get(knob.name))
+        options: dict[str, Any] = {"dest": _dest(knob), "default": default, "help": help_text}
+        if knob.value_type is bool:
+            group.add_argument(knob.cli_flag, action=argparse.BooleanOptionalAction, **options)
+        elif knob.enum is not None:
+            group.add_argument(knob.cli_flag, choices=[member.value for member in knob.enum], **options)
+        else:
+            convert = _integer if knob.value_type is int else float if knob.value_type is float else knob.from_text
+            metavar = "N" if knob.value_type is int else "X" if knob.value_type is float else knob.name.upper()
+            group.add_argument(knob.cli_flag, type=convert, metavar=metavar, **options)
+    parser.set_defaults(**{FLAGS_OF: flags})
+    return group
+
+
+def config_values(arguments: argparse.Namespace, config_class: type) -> dict[str, Any]:
+    """The fields of ``config_class`` given on the command line (or by the subcommand's own defaults)."""
+    values = {knob.name: getattr(arguments, _dest(knob), None) for knob in knobs(config_class)}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+READ_FLAGS = {"dc_at_corner": "--dc-at-corner", "margin_px": "--margin", "crop_px": "--crop", "max_patterns": "--max-patterns"}
+
+
 def add_read_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("reading scans")
-    _bool_flag(group, "dc-at-corner", "patterns have zero frequency at pixel (0, 0) (auto for tike-style files)")  # type: ignore[arg-type]
+    group.add_argument("--dc-at-corner", default=None, action=argparse.BooleanOptionalAction,
+                       help="patterns have zero frequency at pixel (0, 0) (auto for tike-style files)")  # fmt: skip
     group.add_argument(
         "--margin", type=_integer, default=16, help="object-grid margin (px) for files whose positions are not on a grid"
     )
     group.add_argument("--crop", type=_integer, default=None, help="centre-crop patterns to this size (32, 64, 128, 256)")
     group.add_argument("--max-patterns", type=_integer, default=None, help="use only the first patterns of each file")
+    flags = dict(parser.get_default(FLAGS_OF) or {})
+    parser.set_defaults(**{FLAGS_OF: flags | {("ReadOptions", name): flag for name, flag in READ_FLAGS.items()}})
 
 
 def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("execution")
-    group.add_argument("--accelerator", choices=["auto", "cpu", "gpu", "cuda", "mps"], default=None)
-    group.add_argument("--devices", type=_devices, default=None, help="number of devices or 'auto'")
-    group.add_argument("--strategy", default=None, help="Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...")
-    group.add_argument("--num-nodes", type=_integer, default=None)
-    group.add_argument("--precision", choices=[p.value for p in Precision], default=None)
-    _bool_flag(group, "deterministic", "deterministic kernels where torch has them")  # type: ignore[arg-type]
-    group.add_argument("--num-workers", type=_integer, default=None)
-    _bool_flag(group, "pin-memory", "pin host memory for faster GPU transfers")  # type: ignore[arg-type]
-    _bool_flag(group, "persistent-workers", "keep DataLoader workers between epochs")  # type: ignore[arg-type]
-    group.add_argument("--prefetch-factor", type=_integer, default=None)
-    group.add_argument("--inference-batch-size", type=_integer, default=None)
-    group.add_argument("--middle-trim", type=_integer, default=None, help="pixels cut from each patch edge before stitching")
-    _bool_flag(group, "pad-eval", "stitch patches that hang over the object-grid edge")  # type: ignore[arg-type]
-    group.add_argument("--seed", type=_integer, default=None)
-    _bool_flag(group, "progress-bar", "show a progress bar")  # type: ignore[arg-type]
+    add_config_arguments(parser, ExecutionConfig, "execution (how and where to run)")
 
 
 def add_refinement_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("refinement (after the network, against every pattern)")
-    group.add_argument("--refine-epochs", type=_integer, default=None, help="refinement epochs (0 = network only; default 40)")
-    _bool_flag(group, "refine-probe", "refine the probe as well (for a probe guess, e.g. real data)")  # type: ignore[arg-type]
-    group.add_argument("--refine-batch-size", type=_integer, default=None, help="first mini-batch size (it grows)")
-    group.add_argument(
-        "--refine-start", choices=[s.value for s in RefinementStart], default=None,
-        help="start from the network's object, a flat one, or whichever the data prefer (auto)",
-    )  # fmt: skip
-    group.add_argument("--refine-noise-model", choices=[m.value for m in NoiseModel], default=None)
+    add_config_arguments(parser, RefinementConfig, "refinement (after the network, against every pattern)")
 
 
-REFINEMENT_FLAGS = {
-    "refine_epochs": "epochs", "refine_probe": "refine_probe", "refine_batch_size": "batch_size",
-    "refine_start": "start", "refine_noise_model": "noise_model",
-}  # fmt: skip
-
-
-def refinement_config_from(arguments: argparse.Namespace) -> RefinementConfig:
-    given = {flag: getattr(arguments, flag, None) for flag in REFINEMENT_FLAGS}
-    values = {REFINEMENT_FLAGS[flag]: value for flag, value in given.items() if value is not None}
-    try:
-        return RefinementConfig(**values)
-    except ValueError as error:
-        # "RefinementConfig.epochs=-1 ..." names the field; the user typed --refine-epochs
-        message = str(error)
-        for flag, field in REFINEMENT_FLAGS.items():
-            message = message.replace(f"RefinementConfig.{field}=", f"--{flag.replace('_', '-')}=")
-        raise CliError(message) from None
+# set by --preset (chosen by accelerator unless given) when the flag is left out
+PRESET_FIELDS = {"epochs": "by --preset", "batch_size": "by --preset", "n_filters_scale": "by --preset"}
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("training")
+    group = add_config_arguments(parser, TrainingConfig, "training", default_text=PRESET_FIELDS)
     group.add_argument(
-        "--preset", choices=[p.value for p in Preset], default=None, help="width/epochs preset (default: by accelerator)"
-    )
-    group.add_argument("--epochs", type=_integer, default=None)
-    group.add_argument("--batch-size", type=_integer, default=None)
-    group.add_argument("--validation-fraction", type=float, default=None)
-    group.add_argument("--n-groups", type=_integer, default=None)
-    group.add_argument("--learning-rate", type=float, default=None)
-    group.add_argument("--scheduler", choices=[s.value for s in Scheduler], default=None)
-    group.add_argument("--warmup-epochs", type=_integer, default=None)
-    group.add_argument("--gradient-clip-val", type=float, default=None)
-    group.add_argument("--accumulate-grad-batches", type=_integer, default=None)
-    group.add_argument("--checkpoint-save-top-k", type=_integer, default=None)
-    group.add_argument("--checkpoint-monitor", choices=["val_loss", "train_loss"], default=None)
-    group.add_argument("--checkpoint-mode", choices=[m.value for m in CheckpointMode], default=None)
-    group.add_argument("--early-stop-patience", type=_integer, default=None)
-    group.add_argument("--logger", choices=[k.value for k in LoggerKind], default=None)
-    model = parser.add_argument_group("model")
-    model.add_argument("--gridsize", type=_integer, default=None)
-    model.add_argument("--neighbor-count", type=_integer, default=None)
-    model.add_argument("--n-filters-scale", type=_integer, default=None)
-    model.add_argument("--amp-activation", choices=[a.value for a in AmplitudeActivation], default=None)
-    _bool_flag(model, "object-big", "merge a group's patches on a shared canvas during training")  # type: ignore[arg-type]
-    _bool_flag(model, "probe-big", "predict the full patch (off: only its central half)")  # type: ignore[arg-type]
-    model.add_argument("--loss", choices=[k.value for k in LossKind], default=None)
-    model.add_argument("--mode", choices=[m.value for m in TrainingMode], default=None)
-    _bool_flag(model, "intensity-scale-trainable", "learn a correction of the intensity scale")  # type: ignore[arg-type]
-    _bool_flag(model, "probe-trainable", "refine the probe during training")  # type: ignore[arg-type]
+        "--preset", choices=[p.value for p in Preset], default=None,
+        help="network width, epochs and batch size for a cpu or a gpu (default: by accelerator)",
+    )  # fmt: skip
+    add_config_arguments(parser, ModelConfig, "model", default_text=PRESET_FIELDS)
 
 
-def _overrides(arguments: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
-    return {name: getattr(arguments, name) for name in names if getattr(arguments, name, None) is not None}
-
-
-EXECUTION_FIELDS = (
-    "accelerator", "devices", "strategy", "num_nodes", "precision", "deterministic", "num_workers", "pin_memory",
-    "persistent_workers", "prefetch_factor", "learning_rate", "scheduler", "warmup_epochs", "gradient_clip_val",
-    "accumulate_grad_batches", "checkpoint_save_top_k", "checkpoint_monitor", "checkpoint_mode", "early_stop_patience",
-    "logger", "inference_batch_size", "middle_trim", "pad_eval", "seed",
-)  # fmt: skip
-MODEL_FIELDS = (
-    "gridsize", "neighbor_count", "n_filters_scale", "amp_activation", "object_big", "probe_big", "loss", "mode",
-    "intensity_scale_trainable", "probe_trainable",
-)  # fmt: skip
-TRAINING_FIELDS = ("epochs", "batch_size", "validation_fraction", "n_groups")
+def refinement_config_from(arguments: argparse.Namespace) -> RefinementConfig:
+    return RefinementConfig(**config_values(arguments, RefinementConfig))
 
 
 def execution_config_from(arguments: argparse.Namespace) -> ExecutionConfig:
-    values = _overrides(arguments, EXECUTION_FIELDS)
-    if getattr(arguments, "progress_bar", None) is not None:
-        values["enable_progress_bar"] = arguments.progress_bar
-    return ExecutionConfig(**values)
+    return ExecutionConfig(**config_values(arguments, ExecutionConfig))
 
 
 def run_config_from(arguments: argparse.Namespace, N: int) -> RunConfig:
@@ -186,9 +180,26 @@ def run_config_from(arguments: argparse.Namespace, N: int) -> RunConfig:
     execution = execution_config_from(arguments)
     preset = arguments.preset or (Preset.CPU if resolve_accelerator(execution.accelerator) == "cpu" else Preset.GPU)
     model, training = preset_configs(preset, N)
-    model = replace(model, **_overrides(arguments, MODEL_FIELDS))
-    training = replace(training, **_overrides(arguments, TRAINING_FIELDS))
+    model = replace(model, **config_values(arguments, ModelConfig))
+    training = replace(training, **config_values(arguments, TrainingConfig))
     return RunConfig(model=model, training=training, execution=execution)
+
+
+def config_error_message(error: ConfigError, arguments: argparse.Namespace) -> str:
+    """The error in the words the user typed: the flag when the value came from one, else where it came from."""
+    flag = (getattr(arguments, FLAGS_OF, None) or {}).get((error.config, error.field))
+    if flag is not None:
+        return error.message_for(flag)
+    # no flag of this command sets it: the value came from a model file or the scans, and no flag may be invented
+    return f"{error} (a value in the model file or taken from the scans, not a command-line option)"
+
+
+def _with_flag(message: str, arguments: argparse.Namespace) -> str:
+    """A plain ValueError that starts "<Config>.<field>=" (engine checks not yet raising ConfigError), spelled as the flag."""
+    for (config, name), flag in (getattr(arguments, FLAGS_OF, None) or {}).items():
+        if message.startswith(f"{config}.{name}="):
+            return flag + message[len(config) + len(name) + 1 :]
+    return message
 
 
 def read_options_from(arguments: argparse.Namespace) -> Any:
@@ -333,10 +344,6 @@ def command_train(arguments: argparse.Namespace) -> int:
     return 0
 
 
-# files infer writes into --out (each checked before the model runs)
-INFER_OUTPUTS = ("object.npz", "object.png", "metrics.json")
-
-
 def check_infer_outputs(out: Path, inputs: dict[Path, str]) -> None:
     """--out must be a writable folder and none of its output files may be an input (they would be overwritten)."""
     from ptychodus_pinn.app.outputs import check_output_file, check_output_folder, check_outputs_spare_inputs
@@ -350,11 +357,10 @@ def check_infer_outputs(out: Path, inputs: dict[Path, str]) -> None:
 
 
 def command_infer(arguments: argparse.Namespace) -> int:
-    from ptychodus_pinn.app.figures import save_object_png
+    from ptychodus_pinn.app.infer import model_path_for, write_infer_outputs
     from ptychodus_pinn.engine.data import load_scan
     from ptychodus_pinn.engine.inference import reconstruct
-    from ptychodus_pinn.engine.metrics import reconstruction_metrics
-    from ptychodus_pinn.engine.persistence import load_model, pretrained_path
+    from ptychodus_pinn.engine.persistence import load_model
 
     refinement = refinement_config_from(arguments)
     (data_path,) = _existing([arguments.data])
@@ -362,40 +368,27 @@ def command_infer(arguments: argparse.Namespace) -> int:
     inputs = {data_path: "--data"} if model_path is None else {model_path: "--model", data_path: "--data"}
     check_infer_outputs(Path(arguments.out), inputs)
     scan = load_scan(data_path, read_options_from(arguments))
-    if model_path is None:
-        model_path = pretrained_path(scan.size_px)
-        if model_path is None and refinement.epochs == 0:
-            raise CliError(f"no model ships for N={scan.size_px}: give --model, or refine a flat object (--refine-epochs > 0)")
+    model_path = model_path_for(scan.size_px, model_path, refinement)
     model = None if model_path is None else load_model(model_path)
     execution = execution_config_from(arguments)
     reconstruction = reconstruct(model, scan, execution=execution, refinement=refinement)
-    out = Path(arguments.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_reconstruction(reconstruction, out / "object.npz")
-    save_object_png(reconstruction.object, reconstruction.illuminated, out / "object.png")
-    stages = " + ".join(reconstruction.stages) + ("" if model_path is None else f" ({model_path.name})")
-    message = f"wrote {out / 'object.npz'} and {out / 'object.png'}: {stages}, {reconstruction.seconds:.1f} s"
-    if scan.ground_truth is not None:
-        metrics = reconstruction_metrics(reconstruction, scan.ground_truth)
-        write_json(metrics, out / "metrics.json")
-        message += f"; phase SSIM {metrics['phase_ssim']:.3f} (flat object {metrics['flat_phase_ssim']:.3f}"
-        if "network_phase_ssim" in metrics and "refinement" in reconstruction.stages:
-            message += f", network alone {metrics['network_phase_ssim']:.3f}"
-        message += ")"
-    else:
-        (out / "metrics.json").unlink(missing_ok=True)  # an earlier run's metrics must not describe this object
-    print(message)
+    print(write_infer_outputs(reconstruction, scan, Path(arguments.out), model_path))
     return 0
 
 
 def command_demo(arguments: argparse.Namespace) -> int:
     from ptychodus_pinn.app.demo import run_demo
 
+    epochs = config_values(arguments, TrainingConfig).get("epochs")
     run_demo(
-        Path(arguments.out), execution_config_from(arguments), quick=arguments.quick, epochs=arguments.epochs,
+        Path(arguments.out), execution_config_from(arguments), quick=arguments.quick, epochs=epochs,
         from_scratch=arguments.from_scratch,
     )  # fmt: skip
     return 0
+
+
+# the shipped model was trained for 40 epochs at learning rate 3e-3 (the other settings are the defaults)
+PRETRAIN_DEFAULTS = {"epochs": 40, "learning_rate": 3e-3}
 
 
 def command_pretrain(arguments: argparse.Namespace) -> int:
@@ -404,18 +397,24 @@ def command_pretrain(arguments: argparse.Namespace) -> int:
 
     check_output_file(Path(arguments.out), "--out")
 
-    # the shipped model was trained at learning rate 3e-3 (the other settings are the defaults)
-    execution = replace(execution_config_from(arguments), learning_rate=arguments.learning_rate)
-    run_pretraining(Path(arguments.out), execution, epochs=arguments.epochs, size_px=arguments.size)
+    training = config_values(arguments, TrainingConfig)  # PRETRAIN_DEFAULTS unless given
+    run_pretraining(
+        Path(arguments.out), execution_config_from(arguments), epochs=training["epochs"], size_px=arguments.size,
+        learning_rate=training["learning_rate"],
+    )  # fmt: skip
     return 0
 
 
 def command_gui(arguments: argparse.Namespace) -> int:
-    try:
-        from ptychodus_pinn.plugin.activation import run_gui
-    except ImportError as error:
-        raise CliError(f"the GUI needs ptychodus and PyQt5: pip install 'ptychodus-pinn[gui]' ({error})") from error
-    return int(run_gui(arguments.ptychodus_args) or 0)
+    """Hand the process over to ``python -m ptychodus_pinn.qt`` (the app layer never imports Qt or ptychodus)."""
+    missing = [name for name in ("ptychodus", "PyQt5") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CliError(f"the GUI needs {' and '.join(missing)}: pip install 'ptychodus-pinn[gui]'")
+    command = [sys.executable, "-m", "ptychodus_pinn.qt", *arguments.ptychodus_args]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
+    return 0  # not reached: execv replaces this process
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -456,11 +455,17 @@ def build_parser() -> argparse.ArgumentParser:
         add_read_arguments(infer)
         infer.set_defaults(handler=command_infer)
 
+    from ptychodus_pinn.app.watch import add_watch_arguments, run_watch
+
+    watch = commands.add_parser("watch", help="reconstruct every scan file that arrives in a folder (OUT/NAME/ each)")
+    add_watch_arguments(watch)
+    watch.set_defaults(handler=run_watch)
+
     demo = commands.add_parser("demo", help="simulate, train, reconstruct and score, on CPU in minutes")
     demo.add_argument("--out", default="demo-out", help="folder for metrics.json, demo.png, the model and scans")
     demo.add_argument("--quick", action="store_true", help="a 1-minute smoke run (small scans, few epochs)")
-    demo.add_argument("--epochs", type=int, default=None, help="override the demo's epoch count")
     demo.add_argument("--from-scratch", action="store_true", help="do not start from the shipped pretrained model")
+    add_config_arguments(demo, TrainingConfig, "training", only=["epochs"], default_text={"epochs": "the demo's own"})
     add_execution_arguments(demo)
     demo.set_defaults(handler=command_demo)
 
@@ -468,9 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain", help="train the shipped starting model on simulated scans (other seeds than the demo's)"
     )
     pretrain.add_argument("--out", default="resources/pretrained-n64.pinn.pt")
-    pretrain.add_argument("--epochs", type=int, default=40)
     pretrain.add_argument("--size", type=int, default=64)
-    pretrain.add_argument("--learning-rate", type=float, default=3e-3)
+    add_config_arguments(pretrain, TrainingConfig, "training", only=list(PRETRAIN_DEFAULTS), defaults=PRETRAIN_DEFAULTS)
     add_execution_arguments(pretrain)
     pretrain.set_defaults(handler=command_pretrain)
 
@@ -478,10 +482,6 @@ def build_parser() -> argparse.ArgumentParser:
     gui.add_argument("ptychodus_args", nargs=argparse.REMAINDER, help="arguments passed to ptychodus")
     gui.set_defaults(handler=command_gui)
     return parser
-
-
-# config fields whose flag is spelled differently
-FLAG_NAMES = {"margin_px": "margin", "crop_px": "crop", "enable_progress_bar": "progress-bar"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -501,14 +501,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except (CliError, ValueError, RuntimeError, PermissionError, OSError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        # "ExecutionConfig.learning_rate=-1.0 ..." -> "--learning-rate=-1.0 ..." (the flag the user typed); a
+        # "TrainingConfig.learning_rate=-1.0 ..." -> "--learning-rate=-1.0 ..." (the flag the user typed); a
         # problem inside a model file, scan or checkpoint names that file's field, never a flag
-        if type(error).__name__ not in ("ModelFileError", "ScanError", "CheckpointError"):
-            first_line = re.sub(
-                r"\b(?:\w+Config|ReadOptions)\.(\w+)=",
-                lambda m: "--" + FLAG_NAMES.get(m.group(1), m.group(1).replace("_", "-")) + "=",
-                first_line,
-            )
+        if isinstance(error, ConfigError):
+            first_line = config_error_message(error, arguments)
+        elif isinstance(error, ValueError):
+            first_line = _with_flag(first_line, arguments)
         from ptychodus_pinn.engine.training import AcceleratorUnavailableError, TrainingOutOfMemoryError
 
         if isinstance(error, RuntimeError) and not isinstance(error, (AcceleratorUnavailableError, TrainingOutOfMemoryError)):

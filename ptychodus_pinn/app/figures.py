@@ -56,6 +56,33 @@ def save_object_png(obj: np.ndarray, illuminated: np.ndarray, path: Path, title:
     plt.close(figure)
 
 
+def save_confidence_png(phase_std_rad: np.ndarray, illuminated: np.ndarray, path: Path, title: str = "") -> None:
+    """The predicted phase standard deviation (rad, log colour scale), unilluminated pixels masked.
+
+    A photon-counting lower bound (engine/confidence.py, docs/confidence.md): where it is large the
+    data say little; where it is small they could say much, which does not make the object right.
+    """
+    from matplotlib.colors import LogNorm
+
+    plt = _pyplot()
+    std = np.where(illuminated & np.isfinite(phase_std_rad), phase_std_rad, np.nan)
+    cropped = _crop(std, illuminated)
+    shown_values = np.ma.masked_invalid(cropped)
+    figure, axis = plt.subplots(figsize=(5.2, 4.4))
+    cmap = plt.get_cmap("magma_r").with_extremes(bad="lightgrey")
+    finite = shown_values.compressed()
+    norm = None
+    if finite.size and float(finite.min()) > 0:
+        low, high = float(finite.min()), float(finite.max())
+        norm = LogNorm(vmin=low, vmax=max(high, low * 1.001))
+    shown = axis.imshow(shown_values, cmap=cmap, norm=norm)
+    axis.set_title(title or "phase std lower bound (rad); grey: not illuminated", fontsize=9)
+    axis.set_axis_off()
+    figure.colorbar(shown, ax=axis, fraction=0.046, label="σ_φ (rad)")
+    _save(figure, path)
+    plt.close(figure)
+
+
 def save_demo_png(
     rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]],
     history: Sequence[Any],

@@ -103,6 +103,10 @@ def save_reconstruction(reconstruction: Any, path: Path) -> None:
     # what the stages made: the network's object before refinement and the probe the object goes with
     extras = {"network_object": getattr(reconstruction, "network_object", None), "probe": getattr(reconstruction, "probe", None)}
     arrays.update({key: np.asarray(value, np.complex64) for key, value in extras.items() if value is not None})
+    # photon-counting lower bounds on each pixel's noise (engine/confidence.py; docs/confidence.md), inf where unlit
+    for key in ("phase_std_rad", "amplitude_std"):
+        if getattr(reconstruction, key, None) is not None:
+            arrays[key] = np.asarray(getattr(reconstruction, key), np.float32)
     arrays["stages"] = np.asarray(list(getattr(reconstruction, "stages", ("network",))), dtype=str)
 
     def write(temporary: Path) -> None:

@@ -1,17 +1,29 @@
-"""One place for every knob: frozen dataclasses validated on construction.
+"""One place for every knob: frozen dataclasses whose fields describe themselves.
 
-An invalid value raises ``ValueError`` naming the field, the value and what is allowed, so the
-CLI, the ptychodus settings panel and the Python API all report bad input the same way.
+Each field of :class:`ModelConfig`, :class:`TrainingConfig`, :class:`ExecutionConfig` and
+:class:`RefinementConfig` carries its metadata (label, help, unit, bounds, choices, whether ``None``
+is allowed, its command-line flag, whether the ptychodus panel shows it). :func:`knobs` returns that
+metadata as :class:`Knob` records; the CLI builds its arguments from them and the ptychodus
+settings panel its widgets, and ``__post_init__`` validates every value against them. Only checks
+that involve several fields are written by hand.
+
+An invalid value raises :class:`ConfigError` (a ``ValueError``) naming the config, the field, the
+value and what is allowed, so the CLI, the panel and the Python API all report bad input the same
+way; the CLI spells the field as its flag.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Any
 
 SUPPORTED_PATTERN_SIZES_PX: tuple[int, ...] = (32, 64, 128, 256)
 # upper limits: far beyond any real run, low enough that a typo (an extra zero, 1e29) is refused up front
@@ -49,6 +61,13 @@ class CheckpointMode(StrEnum):
     MAX = "max"
 
 
+class MonitoredLoss(StrEnum):
+    """The logged loss that picks the best epoch."""
+
+    VAL_LOSS = "val_loss"
+    TRAIN_LOSS = "train_loss"
+
+
 class LoggerKind(StrEnum):
     CSV = "csv"
     TENSORBOARD = "tensorboard"
@@ -77,292 +96,6 @@ class Preset(StrEnum):
     GPU = "gpu"
 
 
-E = TypeVar("E", bound=StrEnum)
-
-
-def _choice(owner: str, name: str, value: Any, enum: type[E]) -> E:
-    try:
-        return enum(str(value))
-    except ValueError:
-        allowed = ", ".join(member.value for member in enum)
-        raise ValueError(f"{owner}.{name}={value!r} is not allowed; choose one of: {allowed}") from None
-
-
-def _check(condition: bool, owner: str, name: str, value: Any, allowed: str) -> None:
-    if not condition:
-        raise ValueError(f"{owner}.{name}={value!r} is not allowed; it must be {allowed}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _coerce_enums(instance: Any, enums: dict[str, type[StrEnum]]) -> None:
-    owner = type(instance).__name__
-    for name, enum in enums.items():
-        object.__setattr__(instance, name, _choice(owner, name, getattr(instance, name), enum))
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """What the network is; stored in every model file so it can rebuild itself."""
-
-    N: int = 64
-    gridsize: int = 1
-    neighbor_count: int = 6
-    n_filters_scale: int = 2
-    amp_activation: AmplitudeActivation = AmplitudeActivation.SIGMOID
-    object_big: bool = True
-    probe_big: bool = True
-    loss: LossKind = LossKind.POISSON
-    mode: TrainingMode = TrainingMode.PINN
-    intensity_scale_trainable: bool = False
-    probe_trainable: bool = False
-
-    def __post_init__(self) -> None:
-        _coerce_enums(
-            self,
-            {"amp_activation": AmplitudeActivation, "loss": LossKind, "mode": TrainingMode},
-        )
-        owner = "ModelConfig"
-        _check(
-            self.N in SUPPORTED_PATTERN_SIZES_PX,
-            owner,
-            "N",
-            self.N,
-            f"one of {SUPPORTED_PATTERN_SIZES_PX} (crop or bin the patterns to fit)",
-        )
-        _check(_is_int(self.gridsize) and 1 <= self.gridsize <= 4, owner, "gridsize", self.gridsize, "1..4")
-        _check(
-            _is_int(self.neighbor_count) and self.gridsize**2 - 1 <= self.neighbor_count <= MAX_NEIGHBORS,
-            owner,
-            "neighbor_count",
-            self.neighbor_count,
-            f"an integer in {self.gridsize**2 - 1}..{MAX_NEIGHBORS} (at least gridsize**2 - 1)",
-        )
-        _check(
-            _is_int(self.n_filters_scale) and 1 <= self.n_filters_scale <= 16,
-            owner,
-            "n_filters_scale",
-            self.n_filters_scale,
-            "an integer in 1..16",
-        )
-        for flag in ("object_big", "probe_big", "intensity_scale_trainable", "probe_trainable"):
-            _check(isinstance(getattr(self, flag), bool), owner, flag, getattr(self, flag), "True or False")
-
-    @property
-    def channels(self) -> int:
-        """Patterns per training sample (C = gridsize²)."""
-        return self.gridsize**2
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    epochs: int = 60
-    batch_size: int = 16
-    validation_fraction: float = 0.1
-    n_groups: int | None = None
-
-    def __post_init__(self) -> None:
-        owner = "TrainingConfig"
-        _check(
-            _is_int(self.epochs) and 1 <= self.epochs <= MAX_COUNT, owner, "epochs", self.epochs, f"an integer in 1..{MAX_COUNT}"
-        )
-        _check(
-            _is_int(self.batch_size) and 1 <= self.batch_size <= MAX_COUNT,
-            owner,
-            "batch_size",
-            self.batch_size,
-            f"an integer in 1..{MAX_COUNT}",
-        )
-        _check(
-            _is_real(self.validation_fraction) and 0.0 <= self.validation_fraction < 0.5,
-            owner,
-            "validation_fraction",
-            self.validation_fraction,
-            "a number in [0, 0.5)",
-        )
-        _check(
-            self.n_groups is None or (_is_int(self.n_groups) and 1 <= self.n_groups <= 1000 * MAX_COUNT),
-            owner,
-            "n_groups",
-            self.n_groups,
-            f"None or an integer in 1..{1000 * MAX_COUNT}",
-        )
-
-
-@dataclass(frozen=True)
-class ExecutionConfig:
-    """How and where to run: mapped onto Lightning's Trainer and torch's DataLoader in one place."""
-
-    accelerator: Accelerator = Accelerator.AUTO
-    devices: int | str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: Precision = Precision.FP32
-    deterministic: bool = False
-    num_workers: int = 0
-    pin_memory: bool = False
-    persistent_workers: bool = False
-    prefetch_factor: int | None = None
-    learning_rate: float = 2e-3
-    scheduler: Scheduler = Scheduler.COSINE
-    warmup_epochs: int = 2
-    gradient_clip_val: float | None = None
-    accumulate_grad_batches: int = 1
-    checkpoint_save_top_k: int = 1
-    checkpoint_monitor: str | None = None
-    checkpoint_mode: CheckpointMode = CheckpointMode.MIN
-    early_stop_patience: int | None = None
-    logger: LoggerKind = LoggerKind.CSV
-    inference_batch_size: int | None = None
-    middle_trim: int = 0
-    pad_eval: bool = True
-    seed: int = 0
-    enable_progress_bar: bool = True
-
-    def __post_init__(self) -> None:
-        _coerce_enums(
-            self,
-            {
-                "accelerator": Accelerator,
-                "precision": Precision,
-                "scheduler": Scheduler,
-                "checkpoint_mode": CheckpointMode,
-                "logger": LoggerKind,
-            },
-        )
-        owner = "ExecutionConfig"
-        _check(
-            self.devices == "auto"
-            or (isinstance(self.devices, int) and not isinstance(self.devices, bool) and 1 <= self.devices <= MAX_DEVICES)
-            or (
-                isinstance(self.devices, str)
-                and re.fullmatch(r"\d{1,4}(,\d{1,4})*,?", self.devices) is not None
-                and len(self.devices) <= 200
-            ),
-            owner,
-            "devices",
-            self.devices,
-            f"'auto', an integer in 1..{MAX_DEVICES} (how many), or GPU indices such as '1,' or '0,2'",
-        )
-        _check(
-            isinstance(self.strategy, str) and bool(self.strategy),
-            owner,
-            "strategy",
-            self.strategy,
-            "a Lightning strategy name such as auto, ddp, ddp_spawn, fsdp",
-        )
-        _check(
-            _is_int(self.num_nodes) and 1 <= self.num_nodes <= MAX_NODES,
-            owner,
-            "num_nodes",
-            self.num_nodes,
-            f"an integer in 1..{MAX_NODES}",
-        )
-        for flag in ("deterministic", "pin_memory", "persistent_workers", "pad_eval", "enable_progress_bar"):
-            _check(isinstance(getattr(self, flag), bool), owner, flag, getattr(self, flag), "True or False")
-        _check(
-            _is_int(self.num_workers) and 0 <= self.num_workers <= MAX_WORKERS,
-            owner,
-            "num_workers",
-            self.num_workers,
-            f"an integer in 0..{MAX_WORKERS}",
-        )
-        _check(
-            not self.persistent_workers or self.num_workers > 0,
-            owner,
-            "persistent_workers",
-            self.persistent_workers,
-            "False when num_workers is 0 (persistent workers need worker processes)",
-        )
-        _check(
-            self.prefetch_factor is None or (_is_int(self.prefetch_factor) and 1 <= self.prefetch_factor <= MAX_WORKERS),
-            owner,
-            "prefetch_factor",
-            self.prefetch_factor,
-            f"None or an integer in 1..{MAX_WORKERS}",
-        )
-        _check(
-            self.prefetch_factor is None or self.num_workers > 0,
-            owner,
-            "prefetch_factor",
-            self.prefetch_factor,
-            "None when num_workers is 0 (prefetching needs worker processes)",
-        )
-        _check(
-            _is_real(self.learning_rate) and 0 < self.learning_rate <= 1,
-            owner,
-            "learning_rate",
-            self.learning_rate,
-            "a number in (0, 1]",
-        )
-        _check(
-            _is_int(self.warmup_epochs) and 0 <= self.warmup_epochs <= MAX_COUNT,
-            owner,
-            "warmup_epochs",
-            self.warmup_epochs,
-            f"an integer in 0..{MAX_COUNT}",
-        )
-        _check(
-            self.gradient_clip_val is None or (_is_real(self.gradient_clip_val) and self.gradient_clip_val > 0),
-            owner,
-            "gradient_clip_val",
-            self.gradient_clip_val,
-            "None or a number > 0",
-        )
-        _check(
-            _is_int(self.accumulate_grad_batches) and 1 <= self.accumulate_grad_batches <= MAX_COUNT,
-            owner,
-            "accumulate_grad_batches",
-            self.accumulate_grad_batches,
-            f"an integer in 1..{MAX_COUNT}",
-        )
-        _check(
-            _is_int(self.checkpoint_save_top_k) and -1 <= self.checkpoint_save_top_k <= MAX_COUNT,
-            owner,
-            "checkpoint_save_top_k",
-            self.checkpoint_save_top_k,
-            f"an integer in -1..{MAX_COUNT} (-1 keeps all, 0 keeps none)",
-        )
-        _check(
-            self.checkpoint_monitor is None or self.checkpoint_monitor in ("val_loss", "train_loss"),
-            owner,
-            "checkpoint_monitor",
-            self.checkpoint_monitor,
-            "None (val_loss when there is a validation split, else train_loss), 'val_loss' or 'train_loss'",
-        )
-        _check(
-            self.early_stop_patience is None
-            or (_is_int(self.early_stop_patience) and 1 <= self.early_stop_patience <= MAX_COUNT),
-            owner,
-            "early_stop_patience",
-            self.early_stop_patience,
-            f"None or an integer in 1..{MAX_COUNT}",
-        )
-        _check(
-            self.inference_batch_size is None
-            or (_is_int(self.inference_batch_size) and 1 <= self.inference_batch_size <= MAX_COUNT),
-            owner,
-            "inference_batch_size",
-            self.inference_batch_size,
-            f"None (the training batch size) or an integer in 1..{MAX_COUNT}",
-        )
-        _check(
-            _is_int(self.middle_trim) and 0 <= self.middle_trim < max(SUPPORTED_PATTERN_SIZES_PX) // 2,
-            owner,
-            "middle_trim",
-            self.middle_trim,
-            f"an integer in 0..{max(SUPPORTED_PATTERN_SIZES_PX) // 2 - 1} (pixels cut from each patch edge before "
-            "stitching; less than N/2)",
-        )
-        _check(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED, owner, "seed", self.seed, f"an integer in 0..{MAX_SEED}")
-
-
 class NoiseModel(StrEnum):
     POISSON = "poisson"
     GAUSSIAN = "gaussian"
@@ -376,6 +109,448 @@ class RefinementStart(StrEnum):
     FLAT = "flat"
 
 
+class Section(StrEnum):
+    """Groups of knobs; each section is exactly one config (see :data:`SECTION_CONFIG`)."""
+
+    MODEL = "Model"
+    TRAINING = "Training"
+    EXECUTION = "Execution"
+    REFINEMENT = "Refinement"
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+class ConfigError(ValueError):
+    """An invalid config value: ``config`` (class name), ``field``, ``value`` and ``allowed`` (in words).
+
+    The message reads ``"<config>.<field>=<value!r> is not allowed; it must be <allowed>"`` (or
+    ``"<config>.<field>=<value!r> <problem>"`` when a check explains more); :meth:`message_for`
+    spells the field another way, e.g. as the command-line flag the user typed.
+    """
+
+    def __init__(self, config: str, field: str, value: Any, allowed: str, problem: str | None = None) -> None:
+        self.config = config
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        self.problem = problem or f"is not allowed; it must be {allowed}"
+        super().__init__(self.message_for(f"{config}.{field}"))
+
+    def message_for(self, name: str) -> str:
+        """The message with the field called ``name`` (``--batch-size``, ``the model file's N``, ...)."""
+        return f"{name}={self.value!r} {self.problem}"
+
+
+# ------------------------------------------------------------------------------------------- knobs
+
+
+@dataclass(frozen=True)
+class Knob:
+    """What one config field is, for people (label, help, unit) and for checks (type, bounds, choices).
+
+    ``minimum``/``maximum`` are inclusive unless ``exclusive_minimum``/``exclusive_maximum``;
+    ``choices`` lists the allowed values when there is a fixed set (the members of ``value_type``
+    when it is a ``StrEnum``); ``optional`` means ``None`` is allowed, ``none_means`` says what it
+    does. ``cli_flag`` is ``None`` for a field that is not on the command line; ``in_panel`` is
+    False for a field the ptychodus panel does not show, and ``advanced`` marks one it shows among
+    its section's less common settings.
+    """
+
+    name: str
+    config: str  # class name, as in ConfigError.config
+    run_field: str  # the RunConfig attribute that holds this config: model, training, execution, refinement
+    section: Section
+    label: str
+    help: str
+    value_type: type
+    default: Any
+    unit: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    exclusive_maximum: bool = False
+    choices: tuple[Any, ...] = ()
+    optional: bool = False
+    none_means: str | None = None
+    cli_flag: str | None = None
+    in_panel: bool = True
+    advanced: bool = False
+    note: str | None = None  # said after the allowed values, e.g. "crop or bin the patterns to fit"
+    custom_allowed: str | None = dataclasses.field(default=None, repr=False)
+    custom_check: Callable[[Any], bool] | None = dataclasses.field(default=None, repr=False, compare=False)
+    custom_from_text: Callable[[str], Any] | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def enum(self) -> type[StrEnum] | None:
+        """The ``StrEnum`` of a choice field, else None."""
+        return self.value_type if issubclass(self.value_type, StrEnum) else None
+
+    @property
+    def allowed(self) -> str:
+        """What is allowed, in words (the end of every ConfigError message about this field)."""
+        if self.custom_allowed is not None:
+            text = self.custom_allowed
+        elif self.value_type is bool:
+            text = "True or False"
+        elif self.choices:
+            text = "one of: " + ", ".join(str(choice) for choice in self.choices)
+        elif self.value_type is int:
+            low, high = _number(self.minimum), _number(self.maximum)
+            text = f"an integer in {low}..{high}" if self.maximum is not None else f"an integer >= {low}"
+        elif self.value_type is float:
+            if self.maximum is None:
+                text = f"a number {'>' if self.exclusive_minimum else '>='} {_number(self.minimum)}"
+            else:
+                text = (
+                    f"a number in {'(' if self.exclusive_minimum else '['}{_number(self.minimum)}, "
+                    f"{_number(self.maximum)}{')' if self.exclusive_maximum else ']'}"
+                )
+        else:
+            text = "a non-empty text"
+        if self.optional:
+            text = f"None ({self.none_means}) or {text}" if self.none_means else f"None or {text}"
+        return f"{text} ({self.note})" if self.note else text
+
+    def check(self, value: Any) -> Any:
+        """The value as the config stores it (a choice's text becomes its enum); ConfigError if not allowed."""
+        if value is None and self.optional:
+            return None
+        if self.enum is not None:
+            try:
+                return self.enum(str(value))
+            except ValueError:
+                raise self.error(value) from None
+        if not self._fits(value):
+            raise self.error(value)
+        return value
+
+    def error(self, value: Any, problem: str | None = None) -> ConfigError:
+        """A ConfigError about this field."""
+        return ConfigError(self.config, self.name, value, self.allowed, problem)
+
+    def from_text(self, text: str) -> Any:
+        """A value from its text (``"2"``, ``"0,2"``, ``"cosine"``); ValueError when it is not one."""
+        if self.custom_from_text is not None:
+            return self.custom_from_text(text)
+        if self.value_type is bool:
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{text!r} is not true or false")
+        if self.value_type is int:
+            return int(text)
+        if self.value_type is float:
+            return float(text)
+        return text
+
+    def _fits(self, value: Any) -> bool:
+        if self.custom_check is not None:
+            return self.custom_check(value)
+        if self.value_type is bool:
+            return isinstance(value, bool)
+        if self.value_type is int:
+            if not _is_int(value):
+                return False
+        elif self.value_type is float:
+            if not _is_real(value):
+                return False
+        elif self.value_type is str:
+            return isinstance(value, str) and bool(value)
+        if self.choices:
+            return value in self.choices
+        if self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum):
+            return False
+        return self.maximum is None or (value < self.maximum if self.exclusive_maximum else value <= self.maximum)
+
+
+def _number(value: float | None) -> str:
+    return "?" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_KNOB = "knob"
+
+
+def knob(
+    label: str,
+    help: str,
+    *,
+    unit: str | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+    exclusive_maximum: bool = False,
+    choices: tuple[Any, ...] = (),
+    none_means: str | None = None,
+    cli: bool | str = True,
+    in_panel: bool = True,
+    advanced: bool = False,
+    note: str | None = None,
+    allowed: str | None = None,
+    check: Callable[[Any], bool] | None = None,
+    from_text: Callable[[str], Any] | None = None,
+) -> dict[str, Any]:
+    """The metadata of a config field, ``field(default=..., metadata=knob(...))``; see :class:`Knob`.
+
+    Type, optional (``None`` in the annotation), default, name and section come from the class.
+
+    ``cli``: True for the flag ``--<name-with-dashes>``, a string for another flag, False for none.
+    ``allowed``/``check`` replace the generated check for a field whose values have a special form.
+    """
+    metadata = {
+        "label": label, "help": help, "unit": unit, "minimum": minimum, "maximum": maximum,
+        "exclusive_minimum": exclusive_minimum, "exclusive_maximum": exclusive_maximum, "choices": choices,
+        "none_means": none_means, "cli": cli, "in_panel": in_panel, "advanced": advanced, "note": note,
+        "custom_allowed": allowed, "custom_check": check, "custom_from_text": from_text,
+    }  # fmt: skip
+    return {_KNOB: metadata}
+
+
+def knobs(config_class: type) -> tuple[Knob, ...]:
+    """The :class:`Knob` of every field of a config class (``ModelConfig``, ``TrainingConfig``, ...), in field order.
+
+    What the CLI (``ptychodus_pinn.app.cli``) and the ptychodus settings panel are built from.
+    """
+    return _knobs(config_class)
+
+
+@functools.cache
+def _knobs(config_class: Any) -> tuple[Knob, ...]:
+    section = SECTION_OF[config_class]
+    hints = typing.get_type_hints(config_class)
+    result = []
+    for item in dataclasses.fields(config_class):
+        meta = dict(item.metadata[_KNOB])
+        members = typing.get_args(hints[item.name]) if isinstance(hints[item.name], UnionType) else (hints[item.name],)
+        types = [member for member in members if member is not type(None)]
+        value_type: type = str if len(types) > 1 else types[0]  # int | str (devices) is given as text
+        cli = meta.pop("cli")
+        choices = meta.pop("choices") or (tuple(value_type) if issubclass(value_type, StrEnum) else ())
+        result.append(
+            Knob(
+                name=item.name,
+                config=config_class.__name__,
+                run_field=RUN_FIELD_OF[config_class],
+                section=section,
+                value_type=value_type,
+                default=item.default,
+                choices=choices,
+                optional=type(None) in members,
+                cli_flag=None if cli is False else "--" + item.name.replace("_", "-") if cli is True else str(cli),
+                **meta,
+            )
+        )
+    return tuple(result)
+
+
+def knob_of(config_class: type, name: str) -> Knob:
+    """One field's :class:`Knob`; KeyError for a name the class does not have."""
+    for item in knobs(config_class):
+        if item.name == name:
+            return item
+    raise KeyError(f"{config_class.__name__} has no field {name!r}")
+
+
+def _validate(instance: Any) -> None:
+    """Check every field against its knob (type, bounds, choices, None); store a choice's text as its enum."""
+    for item in knobs(type(instance)):
+        value = getattr(instance, item.name)
+        checked = item.check(value)
+        if checked is not value:
+            object.__setattr__(instance, item.name, checked)
+
+
+def _devices_fit(value: Any) -> bool:
+    if value == "auto":
+        return True
+    if _is_int(value):
+        return bool(1 <= value <= MAX_DEVICES)
+    return isinstance(value, str) and len(value) <= 200 and re.fullmatch(r"\d{1,4}(,\d{1,4})*,?", value) is not None
+
+
+def _devices_from_text(text: str) -> int | str:
+    """'auto', a count ('2') or Lightning device indices ('1,' or '0,2')."""
+    return int(text) if text.isdigit() else text
+
+
+# ----------------------------------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the network is; stored in every model file so it can rebuild itself."""
+
+    # fmt: off
+    N: int = field(default=64, metadata=knob(
+        "Pattern Size", "Diffraction pattern size the network takes; taken from the scan (crop or bin to fit).", unit="px",
+        choices=SUPPORTED_PATTERN_SIZES_PX, note="crop or bin the patterns to fit", cli=False, in_panel=False))
+    gridsize: int = field(default=1, metadata=knob(
+        "Grid Size",
+        "Patterns per training sample along each axis (gridsize² neighbours share one canvas, so their overlap "
+        "constrains the solution); 1 is the per-pattern mode.",
+        minimum=1, maximum=4))
+    neighbor_count: int = field(default=6, metadata=knob(
+        "Neighbours (K)", "Nearest neighbours a group is drawn from; at least gridsize² - 1.", minimum=0, maximum=MAX_NEIGHBORS))
+    n_filters_scale: int = field(default=2, metadata=knob(
+        "Network Width",
+        "Width multiplier of the U-Net: 1 is fast on a CPU, 4 suits a GPU. Inference uses the model's own width.",
+        minimum=1, maximum=16))
+    amp_activation: AmplitudeActivation = field(default=AmplitudeActivation.SIGMOID, metadata=knob(
+        "Amplitude Activation", "Output activation of the amplitude head."))
+    object_big: bool = field(default=True, metadata=knob(
+        "Object Big", "Merge a group's patches on a shared canvas during training."))
+    probe_big: bool = field(default=True, metadata=knob("Probe Big", "Predict the full patch (off: only its central half)."))
+    loss: LossKind = field(default=LossKind.POISSON, metadata=knob(
+        "Loss", "Poisson negative log-likelihood of the counts (recommended) or MAE on amplitudes."))
+    mode: TrainingMode = field(default=TrainingMode.PINN, metadata=knob(
+        "Mode", "pinn trains self-supervised on the counts; supervised needs the true object of each training scan.",
+        in_panel=False))
+    intensity_scale_trainable: bool = field(default=False, metadata=knob(
+        "Train Intensity Scale", "Learn a correction of the counts scale computed from the data."))
+    probe_trainable: bool = field(default=False, metadata=knob(
+        "Train Probe", "Train the probe together with the network (training only; refinement can refine it too)."))
+    # fmt: on
+
+    def __post_init__(self) -> None:
+        _validate(self)
+        low = self.gridsize**2 - 1
+        if self.neighbor_count < low:
+            raise ConfigError(
+                "ModelConfig", "neighbor_count", self.neighbor_count,
+                f"an integer in {low}..{MAX_NEIGHBORS} (at least gridsize**2 - 1)",
+            )  # fmt: skip
+
+    @property
+    def channels(self) -> int:
+        """Patterns per training sample (C = gridsize²)."""
+        return self.gridsize**2
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """What training does: epochs, batches, the validation split, the optimiser and which epoch is kept."""
+
+    # fmt: off
+    epochs: int = field(default=60, metadata=knob(
+        "Epochs", "Training passes over the patterns; progress is reported per epoch.", unit="epochs", minimum=1,
+        maximum=MAX_COUNT))
+    batch_size: int = field(default=16, metadata=knob(
+        "Batch Size", "Training samples per optimiser step; larger uses more memory and is faster per epoch.", unit="samples",
+        minimum=1, maximum=MAX_COUNT))
+    validation_fraction: float = field(default=0.1, metadata=knob(
+        "Validation Fraction",
+        "Fraction of the scan area held out for validation (a spatial region, so overlapping patterns do not "
+        "leak); 0 trains on everything and monitors the training loss.",
+        minimum=0.0, maximum=0.5, exclusive_maximum=True))
+    n_groups: int | None = field(default=None, metadata=knob(
+        "Max Groups", "Cap on the training samples (groups) per epoch.", unit="samples", minimum=1, maximum=1000 * MAX_COUNT,
+        none_means="use all", advanced=True))
+    learning_rate: float = field(default=2e-3, metadata=knob(
+        "Learning Rate", "Initial Adam learning rate; lower it when training diverges.", minimum=0.0, maximum=1.0,
+        exclusive_minimum=True))
+    scheduler: Scheduler = field(default=Scheduler.COSINE, metadata=knob(
+        "Scheduler", "Learning-rate schedule: constant, exponential decay, cosine with warm-up, or halved on a plateau."))
+    warmup_epochs: int = field(default=2, metadata=knob(
+        "Warm-up Epochs", "Epochs of linear learning-rate warm-up before the cosine schedule.", unit="epochs", minimum=0,
+        maximum=MAX_COUNT))
+    gradient_clip_val: float | None = field(default=None, metadata=knob(
+        "Gradient Clip", "Clip the gradient norm to this value.", minimum=0.0, exclusive_minimum=True, none_means="no clipping",
+        advanced=True))
+    accumulate_grad_batches: int = field(default=1, metadata=knob(
+        "Accumulate Batches", "Batches whose gradients are summed before one optimiser step.", minimum=1, maximum=MAX_COUNT,
+        advanced=True))
+    early_stop_patience: int | None = field(default=None, metadata=knob(
+        "Early Stop Patience", "Stop after this many epochs without improvement of the monitored loss.", unit="epochs", minimum=1,
+        maximum=MAX_COUNT, none_means="never stop early"))
+    checkpoint_monitor: MonitoredLoss | None = field(default=None, metadata=knob(
+        "Checkpoint Monitor", "Loss that picks the best epoch (the model kept).",
+        none_means="val_loss when there is a validation split, else train_loss"))
+    checkpoint_mode: CheckpointMode = field(default=CheckpointMode.MIN, metadata=knob(
+        "Checkpoint Mode", "Whether the best epoch has the lowest (min) or highest (max) monitored loss."))
+    checkpoint_save_top_k: int = field(default=1, metadata=knob(
+        "Checkpoints Kept", "How many best checkpoints to keep on disk; the best model is always returned.", minimum=-1,
+        maximum=MAX_COUNT, note="-1 keeps all, 0 keeps none"))
+    # fmt: on
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """How and where to run: mapped onto Lightning's Trainer and torch's DataLoader in one place."""
+
+    # fmt: off
+    accelerator: Accelerator = field(default=Accelerator.AUTO, metadata=knob(
+        "Accelerator",
+        "Where to train and infer: auto picks a GPU when one is present, else the CPU; asking for cuda/gpu/mps "
+        "without such a device is an error, never a silent CPU run."))
+    devices: int | str = field(default="auto", metadata=knob(
+        "Devices", "How many devices to use, or which GPUs by index; several train with the strategy.",
+        allowed=f"'auto', an integer in 1..{MAX_DEVICES} (how many), or GPU indices such as '1,' or '0,2'", check=_devices_fit,
+        from_text=_devices_from_text))
+    strategy: str = field(default="auto", metadata=knob(
+        "Strategy",
+        "Lightning distribution strategy (auto, ddp, ddp_spawn, fsdp, ...); in the GUI use auto or ddp_spawn, "
+        "ddp needs a launcher.",
+        allowed="a Lightning strategy name such as auto, ddp, ddp_spawn, fsdp", advanced=True))
+    num_nodes: int = field(default=1, metadata=knob(
+        "Nodes", "Machines to train on (DDP across nodes needs a cluster launcher).", minimum=1, maximum=MAX_NODES,
+        advanced=True))
+    precision: Precision = field(default=Precision.FP32, metadata=knob(
+        "Precision", "Arithmetic precision: 32 is exact; 16-mixed and bf16-mixed are faster on recent GPUs."))
+    deterministic: bool = field(default=False, metadata=knob(
+        "Deterministic", "Reproducible results for a given seed, at some cost in speed."))
+    num_workers: int = field(default=0, metadata=knob(
+        "Data Loader Workers", "Background processes feeding batches; 0 loads in the training thread (safest in the GUI).",
+        minimum=0, maximum=MAX_WORKERS))
+    pin_memory: bool = field(default=False, metadata=knob(
+        "Pin Memory", "Page-locked host memory for faster host-to-GPU copies.", advanced=True))
+    persistent_workers: bool = field(default=False, metadata=knob(
+        "Persistent Workers", "Keep data-loader workers alive between epochs (needs workers > 0).", advanced=True))
+    prefetch_factor: int | None = field(default=None, metadata=knob(
+        "Prefetch Factor", "Batches each worker loads ahead (needs workers > 0).", unit="batches", minimum=1, maximum=MAX_WORKERS,
+        none_means="PyTorch's default", advanced=True))
+    logger: LoggerKind = field(default=LoggerKind.CSV, metadata=knob(
+        "Logger", "Training log written next to the checkpoints (csv, tensorboard, mlflow) or none.", advanced=True))
+    inference_batch_size: int | None = field(default=None, metadata=knob(
+        "Inference Batch Size", "Patterns per forward pass when reconstructing.", unit="patterns", minimum=1, maximum=MAX_COUNT,
+        none_means="the training batch size"))
+    middle_trim: int = field(default=0, metadata=knob(
+        "Middle Trim", "Pixels cut from each predicted patch edge before stitching (less than N/2).", unit="px", minimum=0,
+        maximum=max(SUPPORTED_PATTERN_SIZES_PX) // 2 - 1, advanced=True))
+    pad_eval: bool = field(default=True, metadata=knob(
+        "Pad Evaluation", "Stitch patches that hang over the object-grid edge.", advanced=True))
+    seed: int = field(default=0, metadata=knob(
+        "Seed", "Random seed for weights, shuffling and the validation split.", minimum=0, maximum=MAX_SEED))
+    enable_progress_bar: bool = field(default=True, metadata=knob(
+        "Console Progress Bar", "Print Lightning's progress bar to the terminal.", cli="--progress-bar", advanced=True))
+    # fmt: on
+
+    def __post_init__(self) -> None:
+        _validate(self)
+        if self.persistent_workers and self.num_workers == 0:
+            raise ConfigError(
+                "ExecutionConfig", "persistent_workers", self.persistent_workers,
+                "False when num_workers is 0 (persistent workers need worker processes)",
+            )  # fmt: skip
+        if self.prefetch_factor is not None and self.num_workers == 0:
+            raise ConfigError(
+                "ExecutionConfig", "prefetch_factor", self.prefetch_factor,
+                "None when num_workers is 0 (prefetching needs worker processes)",
+            )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class RefinementConfig:
     """Joint refinement after the network (``refinement.py``); the defaults need no tuning per scan.
@@ -384,36 +559,49 @@ class RefinementConfig:
     mini-batch; batches grow towards the whole scan as refinement converges.
     """
 
-    epochs: int = 40
-    batch_size: int = 32
-    refine_probe: bool = False
-    probe_start_epoch: int = 2
-    noise_model: NoiseModel = NoiseModel.POISSON
+    # fmt: off
+    epochs: int = field(default=40, metadata=knob(
+        "Epochs",
+        "Refinement epochs after the network: the object is refined against the likelihood of all patterns "
+        "jointly (each epoch visits every pattern once); 0 = network only.",
+        unit="epochs", minimum=0, maximum=MAX_COUNT, cli="--refine-epochs"))
+    batch_size: int = field(default=32, metadata=knob(
+        "Batch Size",
+        "Patterns per refinement update in the first epochs; the mini-batch grows towards the whole scan as "
+        "refinement converges.",
+        unit="patterns", minimum=1, maximum=MAX_COUNT, cli="--refine-batch-size"))
+    refine_probe: bool = field(default=False, metadata=knob(
+        "Refine Probe",
+        "Refine the probe together with the object: on when the probe is only a guess (e.g. real data); off keeps "
+        "the scan's probe, which is right for simulated data.",
+        cli="--refine-probe"))
+    probe_start_epoch: int = field(default=2, metadata=knob(
+        "Probe Start Epoch", "Epoch from which the probe follows the object (once the object has settled).", unit="epochs",
+        minimum=0, maximum=MAX_COUNT, cli=False, in_panel=False))
+    noise_model: NoiseModel = field(default=NoiseModel.POISSON, metadata=knob(
+        "Noise Model",
+        "Likelihood the refinement maximises: poisson for photon counts (recommended), gaussian (amplitude) for "
+        "data that are not counts.",
+        cli="--refine-noise-model"))
     # flat by default: measured (benchmarks/results/refinement-cpu.md), a network that hallucinates on an
     # object kind it never saw can fit the data better at the start and still end far worse (grains:
     # 0.25 vs 0.76 phase SSIM), so the likelihood at the start cannot vouch for it; auto/network opt in
-    start: RefinementStart = RefinementStart.FLAT
-    momentum_gain: float = 0.5
-    preconditioner_damping: float = 0.1
-    seed: int = 0
+    start: RefinementStart = field(default=RefinementStart.FLAT, metadata=knob(
+        "Start",
+        "Where refinement starts: flat (safe on object kinds the network never saw); auto = the network's object "
+        "or a flat one, whichever fits the data better at the start; network forces the network's.",
+        cli="--refine-start"))
+    momentum_gain: float = field(default=0.5, metadata=knob(
+        "Momentum Gain", "Momentum of the refinement updates.", minimum=0.0, maximum=1.0, cli=False, in_panel=False))
+    preconditioner_damping: float = field(default=0.1, metadata=knob(
+        "Preconditioner Damping", "Damping of the illumination preconditioner.", minimum=0.0, maximum=10.0,
+        exclusive_minimum=True, cli=False, in_panel=False))
+    seed: int = field(default=0, metadata=knob(
+        "Seed", "Random seed of the refinement's mini-batch order.", minimum=0, maximum=MAX_SEED, cli=False, in_panel=False))
+    # fmt: on
 
     def __post_init__(self) -> None:
-        _coerce_enums(self, {"noise_model": NoiseModel, "start": RefinementStart})
-        owner = "RefinementConfig"
-        for name, low in (("epochs", 0), ("batch_size", 1), ("probe_start_epoch", 0)):
-            value = getattr(self, name)
-            _check(_is_int(value) and low <= value <= MAX_COUNT, owner, name, value, f"an integer in {low}..{MAX_COUNT}")
-        _check(isinstance(self.refine_probe, bool), owner, "refine_probe", self.refine_probe, "True or False")
-        gain = self.momentum_gain
-        _check(_is_real(gain) and 0 <= gain <= 1, owner, "momentum_gain", gain, "a number in [0, 1]")
-        _check(
-            _is_real(self.preconditioner_damping) and 0 < self.preconditioner_damping <= 10,
-            owner,
-            "preconditioner_damping",
-            self.preconditioner_damping,
-            "a number in (0, 10]",
-        )
-        _check(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED, owner, "seed", self.seed, f"an integer in 0..{MAX_SEED}")
+        _validate(self)
 
 
 @dataclass(frozen=True)
@@ -426,9 +614,33 @@ class RunConfig:
     refinement: RefinementConfig = field(default_factory=RefinementConfig)
 
 
+CONFIG_CLASSES: tuple[type, ...] = (ModelConfig, TrainingConfig, ExecutionConfig, RefinementConfig)
+SECTION_OF: dict[type, Section] = {
+    ModelConfig: Section.MODEL,
+    TrainingConfig: Section.TRAINING,
+    ExecutionConfig: Section.EXECUTION,
+    RefinementConfig: Section.REFINEMENT,
+}
+SECTION_CONFIG: dict[Section, type] = {section: config for config, section in SECTION_OF.items()}
+RUN_FIELD_OF: dict[type, str] = {
+    ModelConfig: "model",
+    TrainingConfig: "training",
+    ExecutionConfig: "execution",
+    RefinementConfig: "refinement",
+}
+
+
+def all_knobs() -> tuple[Knob, ...]:
+    """Every knob of a RunConfig, section by section (Model, Training, Execution, Refinement)."""
+    return tuple(item for config_class in CONFIG_CLASSES for item in knobs(config_class))
+
+
 def preset_configs(preset: Preset | str, N: int = 64) -> tuple[ModelConfig, TrainingConfig]:
     """Network width and epochs suited to the hardware: narrow and short on a CPU."""
-    preset = _choice("train", "preset", preset, Preset)
+    try:
+        preset = Preset(str(preset))
+    except ValueError:
+        raise ConfigError("Preset", "preset", preset, "one of: " + ", ".join(p.value for p in Preset)) from None
     if preset is Preset.CPU:
         return ModelConfig(N=N, n_filters_scale=1, gridsize=1), TrainingConfig(epochs=40, batch_size=16)
     return ModelConfig(N=N, n_filters_scale=4, gridsize=1), TrainingConfig(epochs=200, batch_size=32)

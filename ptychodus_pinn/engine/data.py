@@ -12,6 +12,7 @@ import contextlib
 import errno
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -25,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from ptychodus_pinn.engine.config import SUPPORTED_PATTERN_SIZES_PX
+from ptychodus_pinn.engine.config import SUPPORTED_PATTERN_SIZES_PX, ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 class ScanError(ValueError):
@@ -326,7 +329,7 @@ class ReadOptions:
         )  # fmt: skip
         for ok, name, value, allowed in problems:
             if not ok:
-                raise ValueError(f"ReadOptions.{name}={value!r} is not allowed; it must be {allowed}")
+                raise ConfigError("ReadOptions", name, value, allowed)
 
 
 def load_scan(path: str | os.PathLike[str], options: ReadOptions | None = None) -> Scan:
@@ -799,3 +802,43 @@ def atomic_write(path: Path, write: Any) -> None:
                 f"location (any previous {path.name} is unchanged)",
             ) from error
         raise
+
+
+SCAN_FILE_SUFFIXES = (".npz", ".h5", ".hdf5", ".cxi")
+
+
+def load_training_scans(path: str | os.PathLike[str], *, supervised: bool = False) -> list[Scan]:
+    """Every readable scan file in a folder (or the one file given), for one training run.
+
+    Unreadable files, and for ``supervised`` files without an object, are skipped with a warning;
+    none left, or scans of different pattern sizes, is a :class:`ScanError` (FileNotFoundError when
+    ``path`` does not exist).
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SCAN_FILE_SUFFIXES)
+    elif path.is_file():
+        files = [path]
+    else:
+        raise FileNotFoundError(f"training data not found: {path}")
+    scans = []
+    for file in files:
+        try:
+            scan = load_scan(file)
+        except (ScanError, OSError, KeyError) as error:
+            logger.warning("Skipping %s: %s", file.name, error)
+            continue
+        if supervised and scan.object_guess is None and scan.ground_truth is None:
+            logger.warning("Skipping %s: supervised training needs an object in the file", file.name)
+            continue
+        scans.append(scan)
+    if not scans:
+        raise ScanError(
+            f"no usable training files in {path} (looked for {', '.join(SCAN_FILE_SUFFIXES)}); "
+            "write them with ptychodus's Export Training Data or ptychodus-pinn simulate"
+        )
+    sizes = {scan.size_px for scan in scans}
+    if len(sizes) > 1:
+        raise ScanError(f"training files have different pattern sizes {sorted(sizes)}; train on one size at a time")
+    logger.info("Training on %d file(s), %d patterns", len(scans), sum(scan.count for scan in scans))
+    return scans

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ptychodus_pinn.engine import physics
+from ptychodus_pinn.engine import confidence, physics
 from ptychodus_pinn.engine.config import ExecutionConfig, RefinementConfig
 from ptychodus_pinn.engine.data import Scan, ScanError
+from ptychodus_pinn.engine.device import DeviceSpec, device_spec, is_out_of_memory, release_cached_memory
 from ptychodus_pinn.engine.model import PinnModel, input_normalization_for
 from ptychodus_pinn.engine.refinement import RefinementReport, RefinementResult, refine
-from ptychodus_pinn.engine.training import is_out_of_memory, torch_device
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,28 @@ class Reconstruction:
     network_seconds: float = 0.0
     probe: np.ndarray | None = None
     refinement: RefinementResult | None = None
+    # photon-counting lower bounds on the noise of each object pixel (engine/confidence.py): phase
+    # in radians, amplitude in object units; inf where no probe reached, None if not computed
+    phase_std_rad: np.ndarray | None = None
+    amplitude_std: np.ndarray | None = None
+
+
+def confidence_for(
+    obj: np.ndarray, probe: np.ndarray, scan: Scan, illumination: np.ndarray | None = None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(σ_φ, σ_A) of a reconstruction and its probe on ``scan`` (the refinement's intensity scale).
+
+    A failure costs the map, never the reconstruction: it is logged and (None, None) returned.
+    """
+    started = time.perf_counter()
+    try:
+        scale = confidence.scan_intensity_scale(scan.patterns, scan.probe, scan.bad_pixels)
+        maps = confidence.confidence_maps(obj, probe, scan.positions_yx_px, scale, scan.bad_pixels, illumination=illumination)
+    except ValueError as error:
+        logger.warning("no confidence map: %s", error)
+        return None, None
+    logger.debug("confidence map: %.1f ms", 1e3 * (time.perf_counter() - started))
+    return maps
 
 
 def check_scan_fits(model: PinnModel, scan: Scan) -> None:
@@ -70,8 +92,7 @@ def predict_patches(model: PinnModel, scan: Scan, batch_size: int, device: torch
             if not is_out_of_memory(error) or batch_size == 1:
                 raise
             del batch
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            release_cached_memory(device)
             batch_size //= 2
             logger.warning("out of memory during inference; inference batch size lowered to %d", batch_size)
             continue
@@ -86,8 +107,13 @@ def reconstruct_network(
     *,
     execution: ExecutionConfig | None = None,
     align_phases: bool = True,
+    devices: DeviceSpec | None = None,
 ) -> Reconstruction:
     """The network's object: one forward pass plus stitching onto ``scan.object_shape``.
+
+    It runs on the execution's device (``engine.device.device_spec``: the first device chosen, the
+    GPU training used), or on ``devices`` when given; the model is moved there. A mid-training preview
+    passes the execution the training runs with, so the live model stays where Lightning put it.
 
     The network input normalisation is recomputed from this scan (so a different dose works).
     Patch phases are aligned on their overlaps before stitching (see physics.align_patch_phases).
@@ -96,7 +122,7 @@ def reconstruct_network(
     """
     execution = execution or ExecutionConfig()
     check_scan_fits(model, scan)
-    device = torch_device(execution.accelerator)
+    device = (devices or device_spec(execution)).torch_device
     batch_size = execution.inference_batch_size or model.record.batch_size
     started = time.perf_counter()
     patches = predict_patches(model, scan, batch_size, device)
@@ -121,8 +147,8 @@ def reconstruct_network(
     fill = None if scan.object_guess is None else torch.from_numpy(scan.object_guess)
     obj, illuminated = physics.stitch(patches, positions, weight, scan.object_shape, fill=fill)
     finished = time.perf_counter()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    release_cached_memory(device)
+    phase_std, amplitude_std = confidence_for(obj.numpy(), scan.probe, scan)
     return Reconstruction(
         object=obj.numpy().astype(np.complex64),
         illuminated=illuminated.numpy(),
@@ -133,6 +159,8 @@ def reconstruct_network(
         network_object=obj.numpy().astype(np.complex64),
         network_seconds=finished - started,
         probe=scan.probe,
+        phase_std_rad=phase_std,
+        amplitude_std=amplitude_std,
     )
 
 
@@ -144,15 +172,17 @@ def refine_reconstruction(
     execution: ExecutionConfig | None = None,
     on_epoch: Callable[[RefinementReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    devices: DeviceSpec | None = None,
 ) -> Reconstruction:
-    """Refine the network's object (or a flat one, as the data decide) against every pattern."""
+    """Refine the network's object (or a flat one, as the data decide) against every pattern, on the
+    execution's device (the one training and the network use), or on ``devices`` when given."""
     execution = execution or ExecutionConfig()
-    device = torch_device(execution.accelerator)
+    device = (devices or device_spec(execution)).torch_device
     start = None if network is None else network.object
     result = refine(scan, start, refinement, device=device, on_epoch=on_epoch, should_stop=should_stop)
     network_seconds = 0.0 if network is None else network.seconds
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    release_cached_memory(device)
+    phase_std, amplitude_std = confidence_for(result.object, result.probe, scan, result.illumination)
     return Reconstruction(
         object=result.object,
         illuminated=result.illuminated,
@@ -164,6 +194,8 @@ def refine_reconstruction(
         network_seconds=network_seconds,
         probe=result.probe,
         refinement=result,
+        phase_std_rad=phase_std,
+        amplitude_std=amplitude_std,
     )
 
 
@@ -179,15 +211,22 @@ def reconstruct(
 ) -> Reconstruction:
     """Network, then refinement (``refinement=RefinementConfig()`` by default; ``epochs=0`` skips it).
 
-    Without a model only refinement runs, from a flat object.
+    Without a model only refinement runs, from a flat object. Both stages run on the one device the
+    execution maps to (``engine.device.device_spec``), which is checked before either starts.
     """
     refinement = RefinementConfig() if refinement is None else refinement
     if model is None and refinement.epochs == 0:
         raise ValueError("nothing to do: no model was given and refinement is off (refine epochs 0)")
-    network = None if model is None else reconstruct_network(model, scan, execution=execution, align_phases=align_phases)
+    execution = execution or ExecutionConfig()
+    devices = device_spec(execution)
+    network = (
+        None
+        if model is None
+        else reconstruct_network(model, scan, execution=execution, align_phases=align_phases, devices=devices)
+    )
     if refinement.epochs == 0:
         assert network is not None
         return network
     return refine_reconstruction(
-        scan, network, refinement, execution=execution, on_epoch=on_refinement_epoch, should_stop=should_stop
+        scan, network, refinement, execution=execution, on_epoch=on_refinement_epoch, should_stop=should_stop, devices=devices
     )

@@ -30,6 +30,20 @@ def input_normalization_for(mean_total_counts: float, size_px: int) -> float:
     return 1.0 / math.sqrt(mean_counts_per_pixel)
 
 
+# the network shape: a model warm-starts training only for settings that agree on these
+WARM_START_FIELDS = ("N", "gridsize", "n_filters_scale", "amp_activation", "probe_big")
+
+
+def warm_start_mismatches(stored: ModelConfig, wanted: ModelConfig) -> dict[str, tuple[Any, Any]]:
+    """``{field: (stored value, wanted value)}`` for each network-shape field a model (``stored``) does not
+    share with the config training asks for (``wanted``); empty when the model can warm-start it."""
+    return {
+        name: (getattr(stored, name), getattr(wanted, name))
+        for name in WARM_START_FIELDS
+        if getattr(stored, name) != getattr(wanted, name)
+    }
+
+
 @dataclass
 class TrainingRecord:
     """Facts about how the model was trained, kept in the model file."""

@@ -8,6 +8,7 @@ model with random weights). Writes are atomic.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pickle
@@ -26,6 +27,8 @@ from ptychodus_pinn.engine.model import PinnModel, TrainingRecord
 FORMAT_NAME = "ptychodus-pinn-model"
 FORMAT_VERSION = 1
 MODEL_SUFFIX = ".pinn.pt"
+
+logger = logging.getLogger(__name__)
 
 
 class ModelFileError(ValueError):
@@ -178,3 +181,25 @@ def load_pretrained(size_px: int) -> PinnModel:
     if path is None:
         raise FileNotFoundError(f"no pretrained model ships for N={size_px}; train one with 'ptychodus-pinn train'")
     return load_model(path, expect=ModelConfig(N=size_px))
+
+
+def find_pretrained(size_px: int) -> PinnModel | None:
+    """The shipped pretrained model for N = size_px, or None (logged) when none ships or it is unusable."""
+    path = pretrained_path(size_px)
+    if path is None:
+        logger.info("No pretrained model ships for N=%d", size_px)
+        return None
+    try:
+        return load_model(path, expect=ModelConfig(N=size_px))
+    except (OSError, ValueError, RuntimeError) as error:  # ModelFileError is a ValueError
+        logger.warning("The pretrained model for N=%d is unusable (%s: %s)", size_px, type(error).__name__, error)
+        return None
+
+
+def model_file_path(path: str | os.PathLike[str], *, folder_basename: str | None = None) -> Path:
+    """Where a model named ``path`` is written: the file, with the model suffix added when missing; with
+    ``folder_basename``, a folder (an existing one, or a name without suffix) gets that model file inside."""
+    path = Path(path)
+    if folder_basename is not None and (path.is_dir() or not path.suffix):
+        return path / f"{folder_basename}{MODEL_SUFFIX}"
+    return path if path.name.endswith(MODEL_SUFFIX) else path.with_name(path.name + MODEL_SUFFIX)

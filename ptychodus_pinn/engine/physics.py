@@ -15,6 +15,8 @@ import math
 import numpy as np
 import torch
 
+from ptychodus_pinn.engine.config import LossKind, ModelConfig, TrainingMode
+
 EPSILON_COUNTS = 1e-6
 
 
@@ -56,6 +58,33 @@ def poisson_nll_per_pattern(predicted: torch.Tensor, measured: torch.Tensor, val
     if valid is not None:
         per_pixel = per_pixel * valid
     return per_pixel.sum(dim=(-2, -1))
+
+
+def poisson_nll_floor(patterns: np.ndarray, bad_pixels: np.ndarray | None = None, chunk: int = 256) -> float:
+    """:func:`poisson_nll` of a perfect fit (expected = measured counts) on ``patterns`` (M, N, N).
+
+    The Poisson NLL is negative for real counts; NLL − floor is half the Poisson deviance on the same
+    scale: ≥ 0, and 0 for a perfect fit (what a loss plot on a log axis can show). Dose-normalised
+    like the training loss (by the mean total counts per pattern); ``chunk`` patterns at a time, so a
+    large scan is never copied to float64 at once.
+    """
+    valid = None if bad_pixels is None else ~np.asarray(bad_pixels, bool)
+    count = len(patterns)
+    total = counts_total = 0.0
+    for start in range(0, count, chunk):
+        counts = np.asarray(patterns[start : start + chunk], np.float64)
+        per_pixel = counts - counts * np.log(counts + EPSILON_COUNTS)
+        total += float((per_pixel if valid is None else per_pixel * valid).sum())
+        counts_total += float(counts.sum())
+    return total / count / (counts_total / count)
+
+
+def loss_floor(config: ModelConfig, patterns: np.ndarray, bad_pixels: np.ndarray | None = None) -> float:
+    """What the training loss of a model with ``config`` reads for a perfect fit on these patterns:
+    :func:`poisson_nll_floor` for the self-supervised Poisson loss, 0 for the others (≥ 0 already)."""
+    if config.mode is not TrainingMode.PINN or config.loss is not LossKind.POISSON:
+        return 0.0
+    return poisson_nll_floor(patterns, bad_pixels)
 
 
 def amplitude_mae(
@@ -341,17 +370,23 @@ def group_neighbors(
     return groups
 
 
-def merge_group_on_canvas(patches: torch.Tensor, offsets_yx_px: torch.Tensor, weight: torch.Tensor, pad_px: int) -> torch.Tensor:
-    """Average a group's patches (B, C, N, N) on a shared canvas and read each patch back.
+def merge_group_on_canvas(
+    patches: torch.Tensor, offsets_yx_px: torch.Tensor, weight: torch.Tensor, pad_px: int = 0
+) -> torch.Tensor:
+    """Average a group's patches (B, C, N, N) on their shared canvas, read in each patch's own frame.
 
-    Patches sit at their offsets from the group centroid; where they overlap they are forced to
-    agree, which ties their phases together and lets overlap constrain the solution.
+    Patches sit at their offsets (B, C, 2) from the group centroid; where they overlap they are
+    forced to agree (weighted by ``weight``), which ties their phases together and lets overlap
+    constrain the solution. Patch i is read as Σ_j S(w·p_j, d_j − d_i) / Σ_j S(w, d_j − d_i): its
+    own content is never interpolated and each neighbour is moved once. (Moving every patch onto a
+    centroid canvas and back interpolated each twice: with fractional offsets the bilinear round
+    trip blurred even a lone patch, so the truth was not a fixed point of the loss; issue 10.)
+    ``pad_px`` is no longer needed and is ignored.
     """
-    padded = torch.nn.functional.pad(patches * weight, (pad_px,) * 4)
-    padded_weight = torch.nn.functional.pad(weight.expand_as(patches.real), (pad_px,) * 4)
-    numerator = shift_images(padded, offsets_yx_px).sum(dim=1, keepdim=True)
-    denominator = shift_images(padded_weight, offsets_yx_px).sum(dim=1, keepdim=True)
-    canvas = numerator / denominator.clamp_min(1e-3)
-    readback = shift_images(canvas.expand_as(padded), -offsets_yx_px)
-    size = patches.shape[-1]
-    return readback[..., pad_px : pad_px + size, pad_px : pad_px + size]
+    channels = patches.shape[-3]
+    relative = offsets_yx_px.unsqueeze(-3) - offsets_yx_px.unsqueeze(-2)  # (B, C_i, C_j, 2): d_j − d_i
+    weighted = (patches * weight).unsqueeze(-4).expand(*patches.shape[:-3], channels, *patches.shape[-3:])
+    weights = weight.to(patches.real.dtype).expand_as(weighted.real)
+    numerator = shift_images(weighted, relative).sum(dim=-3)
+    denominator = shift_images(weights, relative).sum(dim=-3)
+    return numerator / denominator.clamp_min(1e-3)

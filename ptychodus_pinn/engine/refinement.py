@@ -41,6 +41,7 @@ import torch
 from ptychodus_pinn.engine import physics
 from ptychodus_pinn.engine.config import NoiseModel, RefinementConfig, RefinementStart
 from ptychodus_pinn.engine.data import Scan
+from ptychodus_pinn.engine.device import DeviceLike, torch_device
 
 
 @dataclass
@@ -70,6 +71,9 @@ class RefinementResult:
     best_epoch: int = 0
     seconds: float = 0.0
     stopped: bool = False
+    # Σ_j Σ_p |P_p(r − r_j)|² of the returned probe on the scan's grid, in the scan's probe units (the
+    # preconditioner's illumination, reused by the confidence map: engine/confidence.py)
+    illumination: np.ndarray | None = None
 
 
 class RefinementProblem:
@@ -423,7 +427,7 @@ def refine_steps(
     network_object: np.ndarray | None = None,
     config: RefinementConfig | None = None,
     *,
-    device: torch.device | str = "cpu",
+    device: DeviceLike = "cpu",
     should_stop: Callable[[], bool] | None = None,
 ) -> Generator[RefinementReport, None, RefinementResult]:
     """Refinement as a generator: a report per epoch (``report.snapshot()`` gives the object so far),
@@ -432,10 +436,14 @@ def refine_steps(
 
     The result is the state with the lowest Poisson NLL among the epochs' starting states and the
     final one (the final one unless refinement went the wrong way); after Stop, the state reached.
+
+    ``device``: the ``ExecutionConfig`` (or ``engine.device.DeviceSpec``) of the run, so refinement
+    runs on the device training and the network use (``cuda:1`` when GPU 1 was chosen), or a
+    ``torch.device``/device string taken as it is.
     """
     config = config or RefinementConfig()
     started = time.perf_counter()
-    problem = RefinementProblem(scan, np.ones(scan.object_shape, np.complex64), device)
+    problem = RefinementProblem(scan, np.ones(scan.object_shape, np.complex64), torch_device(device))
     chosen, start_scores = choose_start(problem, network_object, config.start)
     best_nll = start_scores[chosen.value]
     best = (problem.canvas.clone(), problem.probe.clone(), 0)
@@ -453,6 +461,10 @@ def refine_steps(
     if history and (stopped or problem.nll(problem.canvas) <= best_nll):
         best = before
     canvas, probe, best_epoch = best
+    if not torch.equal(probe, problem.probe):  # a refined probe: the illumination of the one returned
+        problem.probe = probe
+        problem.probe_changed()
+        problem.illumination = problem.compute_illumination()
     return RefinementResult(
         object=problem.cropped(canvas).cpu().numpy().astype(np.complex64),
         probe=(probe / math.sqrt(problem.scale)).cpu().numpy().astype(np.complex64),
@@ -463,6 +475,7 @@ def refine_steps(
         best_epoch=best_epoch,
         seconds=time.perf_counter() - started,
         stopped=stopped,
+        illumination=(problem.cropped(problem.illumination) / problem.scale).cpu().numpy(),
     )
 
 
@@ -471,7 +484,7 @@ def refine(
     network_object: np.ndarray | None = None,
     config: RefinementConfig | None = None,
     *,
-    device: torch.device | str = "cpu",
+    device: DeviceLike = "cpu",
     on_epoch: Callable[[RefinementReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> RefinementResult:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ptychodus_pinn.engine import physics
 from ptychodus_pinn.engine.config import (
-    Accelerator,
+    ConfigError,
     ExecutionConfig,
     LoggerKind,
     LossKind,
@@ -40,7 +40,15 @@ from ptychodus_pinn.engine.config import (
     replace,
 )
 from ptychodus_pinn.engine.data import DiskFullError, Scan, ScanError, is_disk_full
-from ptychodus_pinn.engine.model import PinnModel, TrainingRecord, input_normalization_for
+from ptychodus_pinn.engine.device import (  # the device helpers moved to device.py; still importable from here
+    AcceleratorUnavailableError,  # noqa: F401
+    device_spec,
+    is_out_of_memory,
+    lightning_devices,  # noqa: F401
+    resolve_accelerator,  # noqa: F401
+    torch_device,  # noqa: F401
+)
+from ptychodus_pinn.engine.model import PinnModel, TrainingRecord, input_normalization_for, warm_start_mismatches
 
 logger = logging.getLogger(__name__)
 
@@ -65,58 +73,8 @@ def quiet_lightning() -> None:
 # ------------------------------------------------------------------------------------------- devices
 
 
-class AcceleratorUnavailableError(RuntimeError):
-    """The accelerator asked for is not visible to torch (never fall back to the CPU silently)."""
-
-
-def resolve_accelerator(accelerator: Accelerator | str) -> str:
-    """Lightning accelerator name for a request; a GPU asked for and absent is an error, never CPU."""
-    accelerator = Accelerator(accelerator)
-    cuda = torch.cuda.is_available()
-    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    if accelerator is Accelerator.AUTO:
-        return "cuda" if cuda else "mps" if mps else "cpu"
-    if accelerator in (Accelerator.GPU, Accelerator.CUDA) and not cuda:
-        raise AcceleratorUnavailableError(
-            f"accelerator={accelerator.value} was requested but torch sees no CUDA GPU "
-            f"(torch {torch.__version__}, torch.cuda.is_available() is False); install a CUDA build of torch "
-            "or choose accelerator cpu"
-        )
-    if accelerator is Accelerator.MPS and not mps:
-        raise AcceleratorUnavailableError(
-            "accelerator=mps was requested but torch sees no Apple GPU; choose accelerator cpu or auto"
-        )
-    return "cuda" if accelerator is Accelerator.GPU else accelerator.value
-
-
-def lightning_devices(execution: ExecutionConfig, accelerator: str | None = None) -> int | str | list[int]:
-    """``devices`` for Lightning: a count, 'auto', or GPU indices ('1,' -> [1]), checked against what torch sees."""
-    accelerator = accelerator or resolve_accelerator(execution.accelerator)
-    devices = execution.devices
-    if devices == "auto":
-        return "auto"
-    available = torch.cuda.device_count() if accelerator == "cuda" else 1 if accelerator == "mps" else None
-    if isinstance(devices, str):
-        indices = [int(part) for part in devices.split(",") if part.strip()]
-        if accelerator == "cpu":
-            raise ValueError(
-                f"ExecutionConfig.devices={devices!r} lists device indices, which only GPUs have; on the CPU give a "
-                "count such as 1 (or auto)"
-            )
-        if len(set(indices)) != len(indices):
-            raise ValueError(f"ExecutionConfig.devices={devices!r} names a device twice; list each GPU index once")
-        missing = [index for index in indices if available is not None and index >= available]
-        if missing:
-            raise AcceleratorUnavailableError(
-                f"devices={devices!r} asks for {accelerator} device {missing[0]} but torch sees {available} "
-                f"(indices 0..{(available or 1) - 1}); choose an index that exists"
-            )
-        return indices
-    if available is not None and devices > available:
-        raise AcceleratorUnavailableError(
-            f"devices={devices} asks for {devices} {accelerator} device(s) but torch sees {available}; lower devices"
-        )
-    return devices
+# AcceleratorUnavailableError, resolve_accelerator, lightning_devices, torch_device, is_out_of_memory: engine/device.py,
+# the one device mapping (imported above, and importable from here as before)
 
 
 CLUSTER_HINT = "SLURM, torchrun, LSF, MPI or Kubeflow, or MASTER_ADDR and NODE_RANK set for each node"
@@ -140,27 +98,22 @@ def check_logger_available(kind: LoggerKind) -> None:
     """A logger whose package is missing is refused before training, not after the data are loaded."""
     needs = {LoggerKind.TENSORBOARD: ("tensorboard", "tensorboardX"), LoggerKind.MLFLOW: ("mlflow",)}.get(kind)
     if needs and not any(importlib.util.find_spec(name) is not None for name in needs):
-        raise ValueError(
-            f"ExecutionConfig.logger={kind.value!r} needs the {needs[0]} package, which is not installed: "
-            f"pip install {needs[0]}, or choose csv or none"
-        )
+        raise ConfigError(
+            "ExecutionConfig", "logger", kind.value, "csv or none",
+            f"needs the {needs[0]} package, which is not installed: pip install {needs[0]}, or choose csv or none",
+        )  # fmt: skip
 
 
 def preflight(execution: ExecutionConfig) -> None:
     """Every execution setting that can only fail on this machine, checked before any data are read."""
-    accelerator = resolve_accelerator(execution.accelerator)
-    lightning_devices(execution, accelerator)
+    device_spec(execution)
     check_logger_available(execution.logger)
     if execution.num_nodes > 1 and not multi_node_launch_detected():
-        raise ValueError(
-            f"ExecutionConfig.num_nodes={execution.num_nodes} needs a multi-node launch ({CLUSTER_HINT}); none was "
-            "detected, and training would wait for nodes that never come; on one machine use one node and several devices"
-        )
-
-
-def torch_device(accelerator: Accelerator | str) -> torch.device:
-    name = resolve_accelerator(accelerator)
-    return torch.device(name if name != "cuda" else "cuda:0")
+        raise ConfigError(
+            "ExecutionConfig", "num_nodes", execution.num_nodes, "1 without a multi-node launch",
+            f"needs a multi-node launch ({CLUSTER_HINT}); none was detected, and training would wait for nodes that "
+            "never come; on one machine use one node and several devices",
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -301,13 +254,13 @@ def learning_rate_factor(scheduler: Scheduler, epoch: int, epochs: int, warmup_e
 
 class PinnLightningModule(pl.LightningModule):
     def __init__(
-        self, model: PinnModel, execution: ExecutionConfig, epochs: int, canvas_pad_px: int, bad_pixels: np.ndarray | None = None
+        self, model: PinnModel, training: TrainingConfig, epochs: int, canvas_pad_px: int, bad_pixels: np.ndarray | None = None
     ) -> None:
         super().__init__()
         self.model = model
         valid = None if bad_pixels is None else torch.from_numpy(~bad_pixels).float()
         self.register_buffer("valid_pixels", valid, persistent=False)
-        self.execution = execution
+        self.optimisation = training  # learning rate and schedule (``self.training`` is torch's train/eval flag)
         self.epochs = epochs
         self.canvas_pad_px = canvas_pad_px
         self.monitor = "train_loss"
@@ -351,8 +304,8 @@ class PinnLightningModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         parameters = [parameter for parameter in self.parameters() if parameter.requires_grad]
-        optimizer = torch.optim.Adam(parameters, lr=self.execution.learning_rate)
-        scheduler_kind = self.execution.scheduler
+        optimizer = torch.optim.Adam(parameters, lr=self.optimisation.learning_rate)
+        scheduler_kind = self.optimisation.scheduler
         if scheduler_kind is Scheduler.PLATEAU:
             plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=0.5, patience=2, threshold=1e-4, threshold_mode="abs"
@@ -360,7 +313,7 @@ class PinnLightningModule(pl.LightningModule):
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": self.monitor, "interval": "epoch"}}
         if scheduler_kind is Scheduler.CONSTANT:
             return optimizer
-        epochs, warmup = self.epochs, self.execution.warmup_epochs
+        epochs, warmup = self.epochs, self.optimisation.warmup_epochs
         lambda_scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda epoch: learning_rate_factor(scheduler_kind, epoch, epochs, warmup)
         )
@@ -440,28 +393,29 @@ def trainer_arguments(
         dirpath=str(checkpoint_dir),
         filename="best-{epoch:03d}",
         monitor=monitor,
-        mode=execution.checkpoint_mode.value,
-        save_top_k=execution.checkpoint_save_top_k,
+        mode=training.checkpoint_mode.value,
+        save_top_k=training.checkpoint_save_top_k,
         save_last=True,
     )
     all_callbacks: list[pl.Callback] = [checkpoint, *callbacks]
-    if execution.early_stop_patience is not None:
+    if training.early_stop_patience is not None:
         all_callbacks.append(
             pl.callbacks.EarlyStopping(
-                monitor=monitor, mode=execution.checkpoint_mode.value, patience=execution.early_stop_patience
+                monitor=monitor, mode=training.checkpoint_mode.value, patience=training.early_stop_patience
             )
         )
+    devices = device_spec(execution)  # the same mapping gives inference, previews and refinement their device
     return {
-        "accelerator": resolve_accelerator(execution.accelerator),
-        "devices": lightning_devices(execution),
+        "accelerator": devices.lightning_accelerator,
+        "devices": devices.lightning_devices,
         "strategy": execution.strategy,
         "num_nodes": execution.num_nodes,
         "precision": execution.precision.value,
         # "warn": deterministic kernels where torch has them (some CUDA backward kernels have none)
         "deterministic": "warn" if execution.deterministic else False,
         "max_epochs": training.epochs,
-        "gradient_clip_val": execution.gradient_clip_val,
-        "accumulate_grad_batches": execution.accumulate_grad_batches,
+        "gradient_clip_val": training.gradient_clip_val,
+        "accumulate_grad_batches": training.accumulate_grad_batches,
         "callbacks": all_callbacks,
         "logger": make_logger(execution.logger, checkpoint_dir),
         "enable_progress_bar": execution.enable_progress_bar,
@@ -501,13 +455,11 @@ def new_model(scans: Sequence[Scan], config: ModelConfig, batch_size: int) -> Pi
 
 def check_model_fits(model: PinnModel, config: ModelConfig) -> None:
     """A model can warm-start training only for the same network shape."""
-    stored = model.config
-    for name in ("N", "gridsize", "n_filters_scale", "amp_activation", "probe_big"):
-        if getattr(stored, name) != getattr(config, name):
-            raise ValueError(
-                f"the initial model has {name}={getattr(stored, name)!r} but training asks for {getattr(config, name)!r}; "
-                "train from scratch or change the setting to match the model"
-            )
+    for name, (stored, wanted) in warm_start_mismatches(model.config, config).items():
+        raise ValueError(
+            f"the initial model has {name}={stored!r} but training asks for {wanted!r}; "
+            "train from scratch or change the setting to match the model"
+        )
 
 
 class TrainingOutOfMemoryError(RuntimeError):
@@ -596,10 +548,6 @@ def remove_stale_checkpoints(checkpoint_dir: Path) -> None:
                 stale.unlink(missing_ok=True)
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
 OOM_RETRIES = 2
 
 
@@ -676,9 +624,9 @@ def _train_once(
         model.generator.load_state_dict(initial_model.generator.state_dict())
     offsets = train_set.items["offsets"]
     canvas_pad_px = math.ceil(float(offsets.abs().max())) + 2 if model_config.channels > 1 else 0
-    module = PinnLightningModule(model, execution, training.epochs, canvas_pad_px, scans[0].bad_pixels)
+    module = PinnLightningModule(model, training, training.epochs, canvas_pad_px, scans[0].bad_pixels)
     has_validation = val_set is not None and len(val_set) > 0
-    monitor = execution.checkpoint_monitor or ("val_loss" if has_validation else "train_loss")
+    monitor = str(training.checkpoint_monitor or ("val_loss" if has_validation else "train_loss"))
     if monitor == "val_loss" and not has_validation:
         raise ValueError(
             "checkpoint_monitor=val_loss needs a validation split; set validation_fraction > 0 or monitor train_loss"

@@ -4,8 +4,9 @@ Frames. ptychodus maps probe positions (metres) to object pixels with
 ``ObjectGeometry.map_probe_positions_to_object_{x,y}_px`` under its centred-pixel convention: the
 probe array's geometric centre, pixel (N-1)/2, sits at the mapped position. The engine puts the
 probe's pixel N//2 at the position. The same physical placement therefore needs
-``engine_px = ptychodus_px + N//2 - (N-1)/2`` (+0.5 px for the even N the engine supports);
-without it every reconstruction would sit half a pixel off the truth.
+``engine_px = ptychodus_px + N//2 - (N-1)/2`` (+0.5 px for the even N the engine supports;
+``engine.data.ptychodus_position_offset_px``); without it every reconstruction would sit half a
+pixel off the truth.
 
 The output product keeps the input's metadata, positions, probes and the input object's geometry
 (shape, pixel size, centre), so ptychodus overlays it on the truth and on other reconstructions.
@@ -33,25 +34,16 @@ class ConversionError(ValueError):
     """The ptychodus data cannot be handed to the engine; the message says what to change."""
 
 
-def probe_centre_offset_px(size_px: int) -> float:
-    """Engine position minus ptychodus object-pixel position for an N×N probe (see module doc)."""
-    return size_px // 2 - (size_px - 1) / 2
-
-
 def positions_to_engine_px(parameters: ReconstructInput) -> np.ndarray:
     """(M, 2) probe centres (row y, column x) in engine object pixels."""
+    from ptychodus_pinn.engine.data import ptychodus_position_offset_px
+
     geometry = parameters.product.object_.get_geometry()
     positions = parameters.product.probe_positions
-    size_px = int(parameters.diffraction_patterns.shape[-1])
-    offset_px = probe_centre_offset_px(size_px)
+    offset_px = ptychodus_position_offset_px(int(parameters.diffraction_patterns.shape[-1]))
     y_px = geometry.map_probe_positions_to_object_y_px(positions) + offset_px
     x_px = geometry.map_probe_positions_to_object_x_px(positions) + offset_px
     return np.stack([y_px, x_px], axis=1).astype(np.float64)
-
-
-def engine_px_to_ptychodus_px(positions_yx_px: np.ndarray, size_px: int) -> np.ndarray:
-    """Inverse of the offset in :func:`positions_to_engine_px` (object pixels, ptychodus convention)."""
-    return np.asarray(positions_yx_px, dtype=np.float64) - probe_centre_offset_px(size_px)
 
 
 def _probe_modes(parameters: ReconstructInput) -> np.ndarray:
@@ -78,10 +70,9 @@ def _check_pixel_sizes(parameters: ReconstructInput) -> None:
             )
 
 
-def reconstruct_input_to_scan(parameters: ReconstructInput, *, with_object: bool = False) -> Any:
+def reconstruct_input_to_scan(parameters: ReconstructInput) -> Any:
     """Build an engine ``Scan`` from what ptychodus hands a reconstructor.
 
-    ``with_object`` keeps the product's object as ``object_guess`` (supervised labels need it).
     Raises :class:`ConversionError` (a ValueError) with the fix when the data do not fit.
     """
     from ptychodus_pinn.engine.data import Scan, ScanError
@@ -99,7 +90,6 @@ def reconstruct_input_to_scan(parameters: ReconstructInput, *, with_object: bool
     obj = parameters.product.object_
     if obj.num_layers > 1:
         logger.warning("the object has %d layers; PtychoPINN reconstructs a single (projected) layer", obj.num_layers)
-    object_guess = np.asarray(obj.get_layers_flattened(), dtype=np.complex64)
     bad_pixels = np.asarray(parameters.bad_pixels, dtype=bool)
     if bad_pixels.shape != patterns.shape[-2:] or not bad_pixels.any():
         bad_pixels = None  # type: ignore[assignment]
@@ -117,7 +107,6 @@ def reconstruct_input_to_scan(parameters: ReconstructInput, *, with_object: bool
             probe=probe,
             object_shape=(obj.height_px, obj.width_px),
             bad_pixels=bad_pixels,
-            object_guess=object_guess if with_object else None,
             metadata=metadata,
         )
     except ScanError as error:
@@ -128,30 +117,10 @@ def reconstruct_input_to_scan(parameters: ReconstructInput, *, with_object: bool
 
 
 SMALLEST_SHOWN_LOSS = 1e-9
-_FLOOR_CHUNK = 256  # patterns per step, so large scans are not copied to float64 at once
-
-
-def poisson_loss_floor(scan: Any, epsilon: float = 1e-6) -> float:
-    """The engine's Poisson loss for a perfect fit (expected = measured counts) on ``scan``.
-
-    The engine's loss, Σ(I − k log I) per pattern over the mean counts per pattern, is negative for
-    real counts, and ptychodus plots losses on a log axis, where negative values vanish. The plugin
-    shows loss − floor instead: half the Poisson deviance on the same scale, ≥ 0, 0 for a perfect fit.
-    ``epsilon`` is the engine's ``physics.EPSILON_COUNTS``.
-    """
-    valid = None if scan.bad_pixels is None else ~np.asarray(scan.bad_pixels, bool)
-    total = 0.0
-    for start in range(0, scan.count, _FLOOR_CHUNK):
-        counts = np.asarray(scan.patterns[start : start + _FLOOR_CHUNK], np.float64)
-        per_pixel = counts - counts * np.log(counts + epsilon)
-        if valid is not None:
-            per_pixel = per_pixel * valid
-        total += float(per_pixel.sum())
-    return total / scan.count / scan.mean_total_counts
 
 
 def shown_loss(value: float, floor: float = 0.0) -> float:
-    """A loss as ptychodus plots it: above the floor, and positive for its log axis."""
+    """A loss as ptychodus plots it: less its floor (``engine.physics.loss_floor``), positive for its log axis."""
     return max(float(value) - floor, SMALLEST_SHOWN_LOSS) if math.isfinite(value) else float(value)
 
 

@@ -1,10 +1,10 @@
 """Runs engine training in a worker thread that ptychodus's reconstruct/train generator polls.
 
-Why a second thread: ptychodus drives a reconstructor by iterating its generator and only looks
-at the Stop button (and only updates the GUI) between ``yield``s, while each yielded product costs
-the GUI thread ~0.65 s. Training in a worker lets the generator wait on a queue with a short
-timeout, watch the Stop button through the task monitor, report progress through the monitor
-every epoch, and yield products only for previews (throttled) and the final result.
+Why a second thread: ptychodus drives a reconstructor by iterating its generator and only looks at
+the Stop button (and only updates the GUI) between ``yield``s, while each yielded product costs the
+GUI thread ~0.65 s. Training in a worker lets the generator wait on a queue with a short timeout,
+watch the Stop button through the task monitor, report progress every epoch, and yield products
+only for previews (throttled) and the final result.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.2
+JOIN_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -35,115 +36,99 @@ class DoneEvent:
     result: Any  # ptychodus_pinn.engine.training.TrainResult
 
 
-@dataclass(frozen=True)
-class ErrorEvent:
-    error: BaseException
+def train_in_background(
+    scans: Sequence[Any],
+    config: Any,
+    *,
+    stop_requested: Callable[[], bool],
+    initial_model: Any | None = None,
+    preview: Callable[[Any], Any] | None = None,
+    preview_interval_s: float = 10.0,
+) -> Iterator[EpochEvent | DoneEvent]:
+    """Epoch events, then the final one, of ``engine.training.train`` on a worker thread; raises what it raised.
 
+    ``stop_requested`` is polled every ~0.2 s; training then stops after the current batch, keeping the
+    best model so far. ``preview(model)`` runs on the training thread between epochs (the only safe
+    moment to evaluate the model), at most every ``preview_interval_s`` and never after the last epoch.
+    Closing the generator (ptychodus's Stop) stops training and waits for the worker.
+    """
+    stop = threading.Event()
+    finished = threading.Event()  # training returned or raised
+    events: queue.Queue[EpochEvent | DoneEvent | BaseException] = queue.Queue()
+    last_preview_s = time.monotonic()
+    stop_requested_at_s: float | None = None
 
-Event = EpochEvent | DoneEvent | ErrorEvent
-
-
-class TrainingRun:
-    """One call of ``ptychodus_pinn.engine.training.train`` on a worker thread, with stop and previews."""
-
-    def __init__(
-        self,
-        scans: Sequence[Any],
-        config: Any,
-        *,
-        initial_model: Any | None = None,
-        preview: Callable[[Any], Any] | None = None,
-        preview_interval_s: float = 10.0,
-    ) -> None:
-        self.stop_event = threading.Event()
-        self._finished = threading.Event()  # training returned or raised
-        self._scans = list(scans)
-        self._config = config
-        self._initial_model = initial_model
-        self._preview = preview
-        self._preview_interval_s = preview_interval_s
-        self._last_preview_s = time.monotonic()
-        self._events: queue.Queue[Event] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="ptychodus-pinn-training", daemon=True)
-        self.stop_requested_at_s: float | None = None
-
-    def start(self) -> TrainingRun:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        from ptychodus_pinn.engine.training import train
-
-        try:
-            with tempfile.TemporaryDirectory(prefix="ptychodus-pinn-") as checkpoint_dir:
-                result = train(
-                    self._scans,
-                    self._config,
-                    initial_model=self._initial_model,
-                    on_epoch_end=self._on_epoch_end,
-                    stop_event=self.stop_event,
-                    checkpoint_dir=Path(checkpoint_dir),
-                )
-            self._finished.set()
-            self._events.put(DoneEvent(result))
-        except BaseException as error:
-            self._finished.set()
-            self._events.put(ErrorEvent(error))
-
-    def _on_epoch_end(self, report: Any) -> None:
-        """Runs on the training thread between epochs: the only safe moment to evaluate the model."""
-        preview = None
-        model = getattr(report, "model", None)
-        now_s = time.monotonic()
-        due = now_s - self._last_preview_s >= self._preview_interval_s
-        last_epoch = int(getattr(report, "epoch", 0)) >= int(getattr(report, "epochs", 0) or 1 << 30)  # epoch counts from 1
-        if self._preview is not None and model is not None and due and not last_epoch and not self.stop_event.is_set():
+    def on_epoch_end(report: Any) -> None:
+        nonlocal last_preview_s
+        image = None
+        due = time.monotonic() - last_preview_s >= preview_interval_s
+        if preview is not None and report.model is not None and due and report.epoch < report.epochs and not stop.is_set():
             try:
-                preview = self._preview(model)
+                image = preview(report.model)
             except Exception:
                 logger.exception("Preview failed; training continues")
-            self._last_preview_s = time.monotonic()
-        self._events.put(EpochEvent(report, preview))
+            last_preview_s = time.monotonic()
+        events.put(EpochEvent(report, image))
 
-    def events(self, stop_requested: Callable[[], bool]) -> Iterator[Event]:
-        """Events until the run ends; polls ``stop_requested`` every ~0.2 s and stops training on it."""
-        while True:
-            if not self.stop_event.is_set() and stop_requested():
-                self.request_stop()
-            try:
-                event = self._events.get(timeout=POLL_INTERVAL_S)
-            except queue.Empty:
-                if not self._thread.is_alive() and self._events.empty():
-                    yield ErrorEvent(RuntimeError("the training thread ended without a result"))
-                    return
-                continue
-            yield event
-            if isinstance(event, (DoneEvent, ErrorEvent)):
-                return
+    def run() -> None:
+        from ptychodus_pinn.engine.training import train
 
-    def request_stop(self) -> None:
-        if not self.stop_event.is_set():
-            self.stop_requested_at_s = time.monotonic()
+        event: DoneEvent | BaseException
+        try:
+            with tempfile.TemporaryDirectory(prefix="ptychodus-pinn-") as folder:
+                result = train(
+                    list(scans),
+                    config,
+                    initial_model=initial_model,
+                    on_epoch_end=on_epoch_end,
+                    stop_event=stop,
+                    checkpoint_dir=Path(folder),
+                )
+            event = DoneEvent(result)
+        except BaseException as error:
+            event = error
+        finished.set()  # before the event: closing after the last event must not ask for a stop
+        events.put(event)
+
+    def request_stop() -> None:
+        nonlocal stop_requested_at_s
+        if not stop.is_set():
+            stop_requested_at_s = time.monotonic()
             logger.info("Stop requested; finishing the current batch and keeping the best model so far")
-        self.stop_event.set()
+        stop.set()
 
-    def close(self, timeout_s: float = 30.0) -> None:
-        """Stop and wait for the worker (generator closed by ptychodus, or an error)."""
-        if not self._finished.is_set():
-            self.request_stop()  # ptychodus's Stop (GeneratorExit) or an error on the generator's side
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                logger.warning("The training thread did not stop within %.0f s; it ends on its own", timeout_s)
+    thread = threading.Thread(target=run, name="ptychodus-pinn-training", daemon=True)
+    thread.start()
+    try:
+        while True:
+            if not stop.is_set() and stop_requested():
+                request_stop()
+            try:
+                event = events.get(timeout=POLL_INTERVAL_S)
+            except queue.Empty:
+                if not thread.is_alive() and events.empty():
+                    raise RuntimeError("the training thread ended without a result") from None
+                continue
+            if isinstance(event, BaseException):
+                raise event
+            if isinstance(event, DoneEvent) and stop_requested_at_s is not None:
+                logger.info("Training stopped %.1f s after Stop", time.monotonic() - stop_requested_at_s)
+            yield event
+            if isinstance(event, DoneEvent):
+                return
+    finally:  # the end, ptychodus's Stop (GeneratorExit) or an error on the generator's side
+        if not finished.is_set():
+            request_stop()
+        thread.join(JOIN_TIMEOUT_S)
+        if thread.is_alive():
+            logger.warning("The training thread did not stop within %.0f s; it ends on its own", JOIN_TIMEOUT_S)
 
 
 def release_device_memory(model: Any | None) -> Any | None:
     """Move a model to the CPU and return cached GPU memory to the driver (after a run)."""
-    try:
-        import torch
-    except ImportError:
-        return model
-    if model is not None and hasattr(model, "to"):
+    import torch
+
+    if model is not None:
         try:
             model = model.to("cpu") or model
         except Exception:

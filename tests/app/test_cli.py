@@ -89,18 +89,6 @@ def test_demo_quick_writes_metrics_for_both_scans_and_a_figure(tmp_path):
     assert (tmp_path / "demo.png").stat().st_size > 10_000
 
 
-def test_engine_imports_neither_ptychodus_nor_qt():
-    code = (
-        "import sys, ptychodus_pinn.app.cli, ptychodus_pinn.engine.training, ptychodus_pinn.engine.inference, "
-        "ptychodus_pinn.engine.persistence, ptychodus_pinn.app.demo, ptychodus_pinn.engine.simulate, "
-        "ptychodus_pinn.engine.metrics, ptychodus_pinn.app.figures;"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('ptychodus', 'PyQt5')];"
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_gives_the_same_model_format(cli_model, tmp_path):
     import torch
@@ -146,3 +134,133 @@ def test_infer_without_a_model_refines_from_flat_or_says_what_is_missing(cli_mod
     assert "no model ships for N=32" in capsys.readouterr().err
     assert main(["infer", "--data", str(scan), "--out", str(out), "--refine-epochs", "-3"]) == 2
     assert "--refine-epochs=-3" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- flags generated from the config knobs
+
+from ptychodus_pinn.app.cli import build_parser, config_error_message, config_values  # noqa: E402
+from ptychodus_pinn.engine.config import (  # noqa: E402
+    ConfigError,
+    ExecutionConfig,
+    Knob,
+    ModelConfig,
+    RefinementConfig,
+    TrainingConfig,
+    knobs,
+)
+
+# the configs each subcommand builds from its flags (demo and pretrain take only some training flags)
+COMMAND_CONFIGS = {
+    "train": (ModelConfig, TrainingConfig, ExecutionConfig),
+    "infer": (RefinementConfig, ExecutionConfig),
+    "reconstruct": (RefinementConfig, ExecutionConfig),
+    "demo": (ExecutionConfig,),
+    "pretrain": (ExecutionConfig,),
+}
+PARTIAL = {"demo": {TrainingConfig: ("epochs",)}, "pretrain": {TrainingConfig: ("epochs", "learning_rate")}}
+REQUIRED = {"train": ["--data", "s.npz", "--out", "m.pinn.pt"], "infer": ["--data", "s.npz", "--out", "o"]}
+REQUIRED["reconstruct"] = REQUIRED["infer"]
+BASE = {ExecutionConfig: {"num_workers": 2}}  # worker options need workers
+
+
+def _flag_cases():
+    for command, classes in COMMAND_CONFIGS.items():
+        for config_class in classes:
+            for knob in knobs(config_class):
+                if knob.cli_flag is not None:
+                    yield command, config_class, knob
+        for config_class, names in PARTIAL.get(command, {}).items():
+            for knob in knobs(config_class):
+                if knob.name in names:
+                    yield command, config_class, knob
+
+
+def _sample(knob: Knob) -> tuple[list[str], object]:
+    """A valid value other than the default, as flags and as the config holds it."""
+    if knob.value_type is bool:
+        return ([knob.cli_flag] if not knob.default else [f"--no-{knob.cli_flag[2:]}"]), not knob.default
+    if knob.enum is not None:
+        value = next(member for member in knob.enum if member != knob.default)
+        return [knob.cli_flag, value.value], value
+    if knob.name == "devices":
+        return [knob.cli_flag, "0,2"], "0,2"
+    if knob.value_type is str:
+        return [knob.cli_flag, "ddp_spawn"], "ddp_spawn"
+    if knob.value_type is float:
+        value = (knob.minimum + knob.maximum) / 2 if knob.maximum is not None else knob.minimum + 1.5
+        return [knob.cli_flag, repr(value)], value
+    value = int(knob.minimum) + 1 if knob.default != int(knob.minimum) + 1 else int(knob.minimum) + 2
+    return [knob.cli_flag, str(value)], value
+
+
+def _subcommand(command: str):
+    parser = build_parser()
+    return next(action for action in parser._actions if action.dest == "command").choices[command]  # type: ignore[index]
+
+
+def test_every_config_flag_of_today_is_still_accepted():
+    old = {
+        "train": "--epochs --batch-size --validation-fraction --n-groups --learning-rate --scheduler --warmup-epochs "
+        "--gradient-clip-val --accumulate-grad-batches --checkpoint-save-top-k --checkpoint-monitor --checkpoint-mode "
+        "--early-stop-patience --logger --gridsize --neighbor-count --n-filters-scale --amp-activation --object-big "
+        "--probe-big --loss --mode --intensity-scale-trainable --probe-trainable --preset",
+        "infer": "--refine-epochs --refine-probe --refine-batch-size --refine-start --refine-noise-model",
+        "demo": "--epochs",
+        "pretrain": "--epochs --learning-rate --size",
+    }
+    execution = (
+        "--accelerator --devices --strategy --num-nodes --precision --deterministic --num-workers --pin-memory "
+        "--persistent-workers --prefetch-factor --inference-batch-size --middle-trim --pad-eval --seed --progress-bar"
+    )
+    for command, flags in old.items():
+        have = set(_subcommand(command)._option_string_actions)
+        missing = [flag for flag in (flags + " " + execution).split() if flag not in have]
+        assert not missing, (command, missing)
+
+
+@pytest.mark.parametrize(
+    ("command", "config_class", "knob"),
+    list(_flag_cases()),
+    ids=[f"{command}{knob.cli_flag}" for command, _, knob in _flag_cases()],
+)
+def test_every_knob_flag_is_accepted_and_reaches_its_config(command, config_class, knob):
+    flags, expected = _sample(knob)
+    arguments = build_parser().parse_args([command, *REQUIRED.get(command, []), *flags])
+    values = {**BASE.get(config_class, {}), **config_values(arguments, config_class)}
+    assert values[knob.name] == expected
+    assert getattr(config_class(**values), knob.name) == expected
+    help_text = " ".join(_subcommand(command).format_help().split())
+    assert " ".join(knob.help.split())[:40] in help_text and "Default:" in help_text
+
+
+@pytest.mark.parametrize(
+    ("command", "config_class", "knob"),
+    [case for case in _flag_cases() if case[2].value_type in (int, float) and case[2].name != "devices"],
+    ids=lambda value: getattr(value, "cli_flag", None) or str(getattr(value, "__name__", value)),
+)
+def test_a_bad_flag_value_names_the_flag(command, config_class, knob):
+    bad = knob.minimum - 1 if knob.value_type is int else (knob.minimum if knob.exclusive_minimum else knob.minimum - 0.5)
+    arguments = build_parser().parse_args([command, *REQUIRED.get(command, []), knob.cli_flag, str(bad)])
+    with pytest.raises(ConfigError) as caught:
+        config_class(**config_values(arguments, config_class))
+    message = config_error_message(caught.value, arguments)
+    assert message.startswith(f"{knob.cli_flag}={bad!r} is not allowed; it must be {knob.allowed}")
+
+
+def test_a_model_file_value_never_becomes_a_flag(cli_model, tmp_path, capsys):
+    import torch
+
+    _, scan, model = cli_model
+    arguments = build_parser().parse_args(["train", *REQUIRED["train"]])
+    with pytest.raises(ConfigError) as caught:
+        ModelConfig(N=33)
+    message = config_error_message(caught.value, arguments)
+    assert "N=33" in message and "--" not in message and "model file" in message
+    payload = torch.load(model, weights_only=True)
+    payload["model_config"]["N"] = 33
+    broken = tmp_path / "n33.pinn.pt"
+    torch.save(payload, broken)
+    arguments = ["infer", "--model", str(broken), "--data", str(scan), "--out", str(tmp_path / "o"), "--accelerator", "cpu"]
+    assert main(arguments) == 2
+    error = capsys.readouterr().err.strip()
+    assert "N=33" in error and "--N" not in error and "model file" in error and "\n" not in error

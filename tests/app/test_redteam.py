@@ -154,13 +154,12 @@ def test_case04_num_nodes_without_a_cluster_is_refused_at_once(run, tmp_path):
         for key, value in os.environ.items()
         if not key.startswith(("SLURM_", "LSB_", "OMPI_", "PMI_", "TORCHELASTIC_")) and key not in launcher_keys
     }
-    started = time.monotonic()
     result = subprocess.run(
         [*CLI, "train", "--data", str(scan), "--out", str(tmp_path / "n.pinn.pt"), *FAST, "--num-nodes", "2"],
         capture_output=True, text=True, timeout=60, env=environment,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "--num-nodes=2 needs a multi-node launch" in result.stderr and time.monotonic() - started < 60
+    assert "--num-nodes=2 needs a multi-node launch" in result.stderr  # within the subprocess timeout: no training
     assert not (tmp_path / "n.pinn.pt.checkpoints").exists()
 
 
@@ -368,10 +367,9 @@ def test_case14_output_locations_are_checked_before_training(run, tmp_path, caps
     monkeypatch.setattr(os, "access", lambda p, mode, **k: False if Path(p) == read_only else real_access(p, mode, **k))
     checkpoints = tmp_path / "elsewhere"
     try:
-        started = time.monotonic()
         argv = ["train", "--data", str(scan), "--out", str(read_only / "m.pinn.pt"), *FAST, "--checkpoint-dir", str(checkpoints)]
         assert main(argv) == 2
-        assert "read-only" in _one_line_error(capsys) and time.monotonic() - started < 5
+        assert "read-only" in _one_line_error(capsys)
         assert not checkpoints.exists()  # refused before training started
         infer = ["infer", "--model", str(run[2]), "--data", str(scan), "--out", str(read_only / "o"), "--accelerator", "cpu"]
         assert main(infer) == 2 and "read-only" in _one_line_error(capsys)

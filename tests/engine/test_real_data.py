@@ -44,8 +44,8 @@ def test_real_scan_is_read_in_engine_conventions(real_scan):
 def test_training_on_the_real_scan_gives_a_recognisable_star(real_scan):
     config = RunConfig(
         ModelConfig(N=32, n_filters_scale=1),
-        TrainingConfig(epochs=8, batch_size=16, validation_fraction=0.0),
-        ExecutionConfig(accelerator="cpu", logger="none", enable_progress_bar=False, learning_rate=3e-3),
+        TrainingConfig(epochs=8, batch_size=16, validation_fraction=0.0, learning_rate=3e-3),
+        ExecutionConfig(accelerator="cpu", logger="none", enable_progress_bar=False),
     )
     result = train([real_scan], config)
     reconstruction = reconstruct(result.model, real_scan)

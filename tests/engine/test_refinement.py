@@ -4,7 +4,6 @@ a flat start, probe recovery, the start choice, Stop and progress."""
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -188,9 +187,7 @@ def test_progress_per_epoch_and_stop_keeps_the_state(bright_scan):
         calls["count"] += 1
         return calls["count"] > 12
 
-    started = time.perf_counter()
     result = refine(bright_scan, None, RefinementConfig(epochs=200), on_epoch=reports.append, should_stop=stop_after_some_batches)
-    assert time.perf_counter() - started < 30
     assert result.stopped
     assert [report.epoch for report in reports] == list(range(1, len(reports) + 1))
     assert reports[-1].stopped and len(reports) < 200

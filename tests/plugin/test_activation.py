@@ -16,7 +16,7 @@ import pytest
 import ptychodus_pinn
 from ptychodus_pinn.plugin import activation
 from ptychodus_pinn.plugin.activation import ReconstructorPlugin, activate, deactivate
-from ptychodus_pinn.plugin.entry import reconstructor_plugin
+from ptychodus_pinn.qt.entry import reconstructor_plugin
 
 SHIM_DIR = Path(ptychodus_pinn.__file__).parent / "ptychodus_plugin_shim"
 OUR_KEYS = {
@@ -170,7 +170,7 @@ def test_hooks_wait_for_unimported_controller_module(clean: None) -> None:
 import os, sys
 os.environ["QT_QPA_PLATFORM"] = "offscreen"
 from ptychodus_pinn.plugin.activation import activate, _PATCH_MARK
-from ptychodus_pinn.plugin.entry import reconstructor_plugin
+from ptychodus_pinn.qt.entry import reconstructor_plugin
 activate([reconstructor_plugin()])
 assert "ptychodus.controller.processing.core" not in sys.modules
 import ptychodus.controller.processing.core as core

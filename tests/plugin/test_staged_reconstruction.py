@@ -142,6 +142,7 @@ def test_default_settings_use_the_shipped_model_then_refine(
     assert library.model_slot.source == "the shipped pretrained model"  # loaded: Infer and Save Model work
 
 
+@pytest.mark.slow  # asserts on wall-clock preview interval and Stop latency
 def test_preview_while_refining_then_stop_ends_within_2s_keeping_the_object(
     model_core: Any, library: Any, scene: tuple[Any, Any], n32_model: Any, yields: list[Yielded]
 ) -> None:

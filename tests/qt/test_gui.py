@@ -15,7 +15,7 @@ from PyQt5.QtCore import Qt
 from PyQt5.QtWidgets import QComboBox, QLineEdit, QStackedWidget
 
 from ptychodus_pinn.plugin.activation import ReconstructorPlugin, activate, deactivate
-from ptychodus_pinn.plugin.entry import create_library, reconstructor_plugin
+from ptychodus_pinn.qt.entry import create_library, reconstructor_plugin
 
 pytestmark = pytest.mark.gui
 

@@ -1,0 +1,64 @@
+"""What ``infer`` does for one scan, shared by ``ptychodus-pinn infer`` and ``ptychodus-pinn watch``:
+which model to use, and the files written into the output folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ptychodus_pinn.engine.config import RefinementConfig
+
+# the files infer writes into its output folder (each checked before the model runs)
+INFER_OUTPUTS = ("object.npz", "object.png", "confidence.png", "metrics.json")
+# the scan files a folder is searched for (engine.data.load_scan reads them)
+SCAN_SUFFIXES = (".npz", ".h5", ".hdf5", ".cxi", ".bz2")
+
+
+class NoModelError(ValueError):
+    """No model was given, none ships for the scan's pattern size, and refinement is off."""
+
+
+def model_path_for(size_px: int, model_path: Path | None, refinement: RefinementConfig) -> Path | None:
+    """The given model, else the shipped model for N = size_px, else None (refinement from a flat object)."""
+    from ptychodus_pinn.engine.persistence import pretrained_path
+
+    if model_path is not None:
+        return model_path
+    shipped = pretrained_path(size_px)
+    if shipped is None and refinement.epochs == 0:
+        raise NoModelError(f"no model ships for N={size_px}: give --model, or refine a flat object (--refine-epochs > 0)")
+    return shipped
+
+
+def write_infer_outputs(reconstruction: Any, scan: Any, out: Path, model_path: Path | None) -> str:
+    """Write object.npz, object.png, confidence.png and (with a ground truth) metrics.json into ``out``.
+
+    Returns the one-line summary infer prints. Files an earlier run left that would no longer
+    describe this object (metrics without a truth, a confidence map that could not be made) are removed.
+    """
+    from ptychodus_pinn.app.figures import save_confidence_png, save_object_png
+    from ptychodus_pinn.app.outputs import save_reconstruction, write_json
+    from ptychodus_pinn.engine.metrics import reconstruction_metrics
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_reconstruction(reconstruction, out / "object.npz")
+    save_object_png(reconstruction.object, reconstruction.illuminated, out / "object.png")
+    written = [out / "object.npz", out / "object.png"]
+    if getattr(reconstruction, "phase_std_rad", None) is not None:
+        save_confidence_png(reconstruction.phase_std_rad, reconstruction.illuminated, out / "confidence.png")
+        written.append(out / "confidence.png")
+    else:
+        (out / "confidence.png").unlink(missing_ok=True)
+    stages = " + ".join(reconstruction.stages) + ("" if model_path is None else f" ({Path(model_path).name})")
+    message = f"wrote {', '.join(map(str, written))}: {stages}, {reconstruction.seconds:.1f} s"
+    if scan.ground_truth is not None:
+        metrics = reconstruction_metrics(reconstruction, scan.ground_truth)
+        write_json(metrics, out / "metrics.json")
+        message += f"; phase SSIM {metrics['phase_ssim']:.3f} (flat object {metrics['flat_phase_ssim']:.3f}"
+        if "network_phase_ssim" in metrics and "refinement" in reconstruction.stages:
+            message += f", network alone {metrics['network_phase_ssim']:.3f}"
+        message += ")"
+    else:
+        (out / "metrics.json").unlink(missing_ok=True)  # an earlier run's metrics must not describe this object
+    return message

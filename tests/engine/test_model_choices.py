@@ -1,0 +1,75 @@
+"""Model and data choices the ptychodus adapter used to make itself: warm-start fit, model files, loss floor."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from ptychodus_pinn.engine import physics
+from ptychodus_pinn.engine.config import LossKind, ModelConfig, TrainingMode
+from ptychodus_pinn.engine.data import ScanError, load_training_scans, save_scan
+from ptychodus_pinn.engine.model import warm_start_mismatches
+from ptychodus_pinn.engine.persistence import find_pretrained, model_file_path
+from ptychodus_pinn.engine.simulate import simulate_scan
+
+
+def test_warm_start_mismatches_name_the_network_shape_fields():
+    stored = ModelConfig(N=64, n_filters_scale=1)
+    assert warm_start_mismatches(stored, dataclasses.replace(stored, neighbor_count=8, loss=LossKind.MAE)) == {}
+    wanted = dataclasses.replace(stored, n_filters_scale=2, gridsize=2, neighbor_count=3)
+    assert warm_start_mismatches(stored, wanted) == {"gridsize": (1, 2), "n_filters_scale": (1, 2)}
+    assert warm_start_mismatches(stored, ModelConfig(N=32, n_filters_scale=1)) == {"N": (64, 32)}
+
+
+def test_poisson_nll_floor_is_the_loss_of_a_perfect_fit():
+    rng = np.random.default_rng(0)
+    patterns = rng.poisson(20.0, (10, 8, 8)).astype(np.float32)
+    bad = np.zeros((8, 8), bool)
+    bad[2, 3] = True
+    counts = torch.from_numpy(patterns).double()
+    valid = torch.from_numpy(~bad).double()
+    mean_counts = float(patterns.sum(dtype=np.float64) / len(patterns))
+    expected = float(physics.poisson_nll(counts, counts, valid, mean_counts))
+    assert physics.poisson_nll_floor(patterns, bad, chunk=3) == pytest.approx(expected, rel=1e-9)
+    assert physics.poisson_nll_floor(patterns) < physics.poisson_nll_floor(patterns, bad) < 0  # real counts: negative
+
+
+def test_loss_floor_only_for_the_self_supervised_poisson_loss():
+    patterns = np.full((4, 8, 8), 5.0, np.float32)
+    assert physics.loss_floor(ModelConfig(N=64), patterns) == physics.poisson_nll_floor(patterns)
+    assert physics.loss_floor(ModelConfig(N=64, loss=LossKind.MAE), patterns) == 0.0
+    assert physics.loss_floor(ModelConfig(N=64, mode=TrainingMode.SUPERVISED), patterns) == 0.0
+
+
+def test_find_pretrained_ships_n64_only():
+    model = find_pretrained(64)
+    assert model is not None and model.config.N == 64
+    assert find_pretrained(32) is None
+
+
+def test_model_file_path(tmp_path):
+    assert model_file_path(tmp_path / "m") == tmp_path / "m.pinn.pt"
+    assert model_file_path(tmp_path / "m.pinn.pt") == tmp_path / "m.pinn.pt"
+    assert model_file_path(tmp_path / "m.npz") == tmp_path / "m.npz.pinn.pt"
+    assert model_file_path(tmp_path, folder_basename="model") == tmp_path / "model.pinn.pt"  # an existing folder
+    assert model_file_path(tmp_path / "new", folder_basename="model") == tmp_path / "new" / "model.pinn.pt"
+    assert model_file_path(tmp_path / "a.pinn.pt", folder_basename="model") == tmp_path / "a.pinn.pt"
+
+
+def test_load_training_scans_skips_what_it_cannot_use(tmp_path, small_scan):
+    save_scan(small_scan, tmp_path / "a.npz")
+    (tmp_path / "broken.npz").write_bytes(b"not a scan")
+    (tmp_path / "notes.txt").write_text("ignored")
+    (scan,) = load_training_scans(tmp_path)
+    assert scan.count == small_scan.count
+    assert len(load_training_scans(tmp_path / "a.npz")) == 1
+    with pytest.raises(ScanError, match="no usable training files"):
+        load_training_scans(tmp_path / "broken.npz")
+    save_scan(simulate_scan("siemens", photons=1e4, n_positions=16, N=64, seed=1), tmp_path / "b.npz")
+    with pytest.raises(ScanError, match="different pattern sizes"):
+        load_training_scans(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_training_scans(tmp_path / "missing")

@@ -486,7 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    arguments = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command_at = next((index for index, argument in enumerate(argv) if not argument.startswith("-")), len(argv))
+    if argv[command_at : command_at + 1] == ["gui"]:  # ptychodus's own options (-b, --settings, ...) pass as they are
+        arguments = parser.parse_args(argv[: command_at + 1])
+        rest = argv[command_at + 1 :]
+        arguments.ptychodus_args = rest[1:] if rest[:1] == ["--"] else rest
+    else:
+        arguments = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if arguments.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -9,14 +9,17 @@ No Lightning import here: inference uses this module and stays quick to import.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from ptychodus_pinn.engine.config import Accelerator, ExecutionConfig
 
 DeviceKind = Literal["cpu", "cuda", "mps"]
+
+logger = logging.getLogger(__name__)
 
 
 class AcceleratorUnavailableError(RuntimeError):
@@ -179,6 +182,18 @@ def release_cached_memory(device: torch.device) -> None:
     """Give cached blocks back to the driver after work on a GPU."""
     if device.type == "cuda" and torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def release_device_memory(model: Any | None = None) -> Any | None:
+    """After a run: the model (if any) moved to the CPU, cached GPU memory returned to the driver."""
+    if model is not None:
+        try:
+            model = model.to("cpu") or model
+        except Exception:
+            logger.debug("Could not move the model to the CPU", exc_info=True)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return model
 
 
 def is_out_of_memory(error: BaseException) -> bool:

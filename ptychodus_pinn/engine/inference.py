@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ptychodus_pinn.engine import confidence, physics
+from ptychodus_pinn.engine import refinement as refinement_steps
 from ptychodus_pinn.engine.config import ExecutionConfig, RefinementConfig
 from ptychodus_pinn.engine.data import Scan, ScanError
-from ptychodus_pinn.engine.device import DeviceSpec, device_spec, is_out_of_memory, release_cached_memory
+from ptychodus_pinn.engine.device import (
+    DeviceSpec,
+    device_spec,
+    is_out_of_memory,
+    release_cached_memory,
+    release_device_memory,
+)
 from ptychodus_pinn.engine.model import PinnModel, input_normalization_for
 from ptychodus_pinn.engine.refinement import RefinementReport, RefinementResult, refine
 
@@ -180,6 +187,11 @@ def refine_reconstruction(
     device = (devices or device_spec(execution)).torch_device
     start = None if network is None else network.object
     result = refine(scan, start, refinement, device=device, on_epoch=on_epoch, should_stop=should_stop)
+    return _refined(scan, network, result, device)
+
+
+def _refined(scan: Scan, network: Reconstruction | None, result: RefinementResult, device: torch.device) -> Reconstruction:
+    """The Reconstruction of a refinement result (with its confidence map) after the network's (if any)."""
     network_seconds = 0.0 if network is None else network.seconds
     release_cached_memory(device)
     phase_std, amplitude_std = confidence_for(result.object, result.probe, scan, result.illumination)
@@ -209,24 +221,177 @@ def reconstruct(
     on_refinement_epoch: Callable[[RefinementReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Reconstruction:
-    """Network, then refinement (``refinement=RefinementConfig()`` by default; ``epochs=0`` skips it).
+    """Network, then refinement (``refinement=RefinementConfig()`` by default; ``epochs=0`` skips it):
+    :func:`reconstruct_stages` driven to its result, with its rules (a flat start without a model; the
+    network's object when refinement fails or is stopped right after the network)."""
+    for event in reconstruct_stages(
+        model, scan, execution=execution, refinement=refinement, align_phases=align_phases, should_stop=should_stop
+    ):
+        if isinstance(event, RefinementEpoch) and on_refinement_epoch is not None:
+            on_refinement_epoch(event.report)
+        elif isinstance(event, FinalResult):
+            return event.reconstruction
+    raise AssertionError("reconstruct_stages ended without a result")
 
-    Without a model only refinement runs, from a flat object. Both stages run on the one device the
-    execution maps to (``engine.device.device_spec``), which is checked before either starts.
+
+# ------------------------------------------------------------------------ the stages, as events
+# One implementation of network-then-refinement for every caller: ``reconstruct`` (the CLI's infer and
+# watch, the demo) drives it to the end; the ptychodus plugin turns each event into a product.
+
+
+@dataclass(frozen=True)
+class NetworkStage:
+    """The network's object is ready and refinement follows (a caller can show it at once)."""
+
+    reconstruction: Reconstruction
+
+
+@dataclass(frozen=True)
+class RefinementEpoch:
+    """One refinement epoch: ``report.snapshot()`` is the object so far; ``nll_floor`` is the Poisson NLL per
+    pattern of a perfect fit (``physics.poisson_nll_floor``), so ``report.nll - nll_floor`` ≥ 0 is what is left."""
+
+    report: RefinementReport
+    nll_floor: float
+
+
+@dataclass(frozen=True)
+class FinalResult:
+    """The result; ``fallback`` says why it is the network's object although refinement was due (else None)."""
+
+    reconstruction: Reconstruction
+    fallback: str | None = None
+
+
+StageEvent = NetworkStage | RefinementEpoch | FinalResult
+REFINEMENT_LOG_FRACTION = 0.1  # refinement's progress is logged every 10 % of its epochs
+
+
+def network_object(
+    model: PinnModel,
+    scan: Scan,
+    *,
+    execution: ExecutionConfig | None = None,
+    devices: DeviceSpec | None = None,
+    align_phases: bool = True,
+    release: bool = True,
+) -> Reconstruction:
+    """:func:`reconstruct_network` that leaves the model in its training state (a preview of a model being
+    trained) and, with ``release``, back on the CPU with cached accelerator memory returned."""
+    was_training = bool(model.training)
+    try:
+        return reconstruct_network(model, scan, execution=execution, align_phases=align_phases, devices=devices)
+    finally:
+        model.train(was_training)
+        if release:
+            release_device_memory(model)  # nn.Module.to moves it in place
+
+
+def reconstruct_stages(
+    model: PinnModel | None,
+    scan: Scan,
+    *,
+    execution: ExecutionConfig | None = None,
+    refinement: RefinementConfig | None = None,
+    align_phases: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[StageEvent]:
+    """Network, then refinement, as events: :class:`NetworkStage`, a :class:`RefinementEpoch` per epoch, and
+    always a :class:`FinalResult` last (the only event when refinement is off).
+
+    The rules, the same for every caller and each logged in one line: without a model refinement starts
+    from a flat object (no model and refinement off is a ValueError); with refinement off the network's
+    object is the result; ``should_stop`` (polled right after the network stage and by refinement
+    between mini-batches) ends the run with the state reached; if refinement fails (e.g. out of GPU
+    memory) the network's object is the result. Both stages run on the one device the execution maps
+    to, checked before either starts; the model is left on the CPU, in its training state.
     """
     refinement = RefinementConfig() if refinement is None else refinement
     if model is None and refinement.epochs == 0:
-        raise ValueError("nothing to do: no model was given and refinement is off (refine epochs 0)")
+        raise ValueError(
+            f"nothing to reconstruct with: no network model for N={scan.size_px} patterns and refinement is off "
+            "(refinement epochs 0)"
+        )
     execution = execution or ExecutionConfig()
     devices = device_spec(execution)
-    network = (
-        None
-        if model is None
-        else reconstruct_network(model, scan, execution=execution, align_phases=align_phases, devices=devices)
+    network = None
+    if model is not None:
+        network = network_object(model, scan, execution=execution, align_phases=align_phases, devices=devices)
+        logger.info("Network: %d patterns in %.2f s (%.0f patterns/s)", scan.count, network.seconds, network.patterns_per_second)
+        if refinement.epochs == 0:
+            logger.info("Refinement is off (refinement epochs 0): the network's object is the result")
+            yield FinalResult(network)
+            return
+        yield NetworkStage(network)
+        if should_stop is not None and should_stop():
+            logger.info("Stopped after the network stage: the network's object is the result")
+            yield FinalResult(network, fallback="stopped after the network stage")
+            return
+    try:
+        refined = yield from _refinement_stage(scan, network, refinement, devices, should_stop)
+    except Exception as error:
+        if network is None:
+            raise
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        logger.error("Refinement failed (%s: %s); the network's object is the result", type(error).__name__, first_line)
+        logger.debug("traceback", exc_info=error)
+        yield FinalResult(network, fallback=f"refinement failed: {type(error).__name__}: {first_line}")
+        return
+    yield FinalResult(refined)
+
+
+def _refinement_stage(
+    scan: Scan,
+    network: Reconstruction | None,
+    refinement: RefinementConfig,
+    devices: DeviceSpec,
+    should_stop: Callable[[], bool] | None,
+) -> Generator[RefinementEpoch, None, Reconstruction]:
+    floor = physics.poisson_nll_floor(scan.patterns, scan.bad_pixels)
+    logger.info(
+        "Refining the object against all %d patterns: %d epochs, start %s, %s noise, mini-batch %d (growing)%s",
+        scan.count,
+        refinement.epochs,
+        refinement.start.value,
+        refinement.noise_model.value,
+        refinement.batch_size,
+        ", probe refined too" if refinement.refine_probe else "",
     )
-    if refinement.epochs == 0:
-        assert network is not None
-        return network
-    return refine_reconstruction(
-        scan, network, refinement, execution=execution, on_epoch=on_refinement_epoch, should_stop=should_stop, devices=devices
+    log_every = max(1, round(refinement.epochs * REFINEMENT_LOG_FRACTION))
+    start = None if network is None else network.object
+    # looked up at call time: tests replace it to make refinement fail
+    steps = refinement_steps.refine_steps(scan, start, refinement, device=devices, should_stop=should_stop)
+    try:
+        while True:
+            try:
+                report = next(steps)
+            except StopIteration as finished:
+                result: RefinementResult = finished.value
+                break
+            if report.epoch % log_every == 0 or report.stopped:
+                logger.info(
+                    "Refinement epoch %d/%d: Poisson NLL %.4f (%.4g above a perfect fit), mini-batch %d, %.1f s",
+                    report.epoch,
+                    report.epochs,
+                    report.nll,
+                    report.nll - floor,
+                    report.batch_size,
+                    report.seconds,
+                )
+            yield RefinementEpoch(report, floor)
+    finally:
+        steps.close()
+        release_cached_memory(devices.torch_device)
+    logger.info(
+        "Refinement started from the %s object (Poisson NLL per pattern: %s); %d of %d epochs in %.1f s%s, "
+        "NLL %.4f, result from epoch %d",
+        result.start.value,
+        ", ".join(f"{name} {value:.4f}" for name, value in sorted(result.start_nll.items())),
+        len(result.history),
+        refinement.epochs,
+        result.seconds,
+        ", stopped" if result.stopped else "",
+        result.history[-1].nll if result.history else float("nan"),
+        result.best_epoch,
     )
+    return _refined(scan, network, result, devices.torch_device)

@@ -366,6 +366,11 @@ class _ProgressAndStop(pl.Callback):
             trainer.current_epoch + 1, self.epochs, train_loss, val_loss, learning_rate, time.perf_counter() - self.started, model
         )
         self.history.append(report)
+        if trainer.is_global_zero:  # one line per epoch: what a console (ptychodus -b, ptychodus-pinn -v) shows
+            validation = "" if val_loss is None else f", validation loss {val_loss:.6g}"
+            logger.info(
+                "Training epoch %d/%d: loss %.6g%s, %.1f s", report.epoch, self.epochs, train_loss, validation, report.seconds
+            )
         if self.on_epoch_end is not None and trainer.is_global_zero:
             self.on_epoch_end(report)
         self._check_stop(trainer)

@@ -19,8 +19,12 @@ Entry-point protocol: the entry loads a callable taking no arguments that return
 ``create_view_controller_factory(library, file_dialog_factory)`` → a
 ``ptychodus.controller.processing.ReconstructorViewControllerFactory`` (or the attribute is None).
 A library may define ``attach_processing_api(processing_api)``, called once ptychodus's
-``ProcessingAPI`` exists. Every failure is logged and skipped: ptychodus must start even when a
-plugin is broken.
+``ProcessingAPI`` exists. An entry may define ``register_plugins(registry)``, called with every
+ptychodus ``PluginRegistry`` (as a module of ``ptychodus.plugins`` would be; e.g. file-based
+workflows): the shim passes it the registry being loaded, and ``PluginRegistry.__init__`` is wrapped
+for the registries built later (``ptychodus-pinn gui``, where no shim is installed). It must be
+idempotent and cheap. Every failure is logged and skipped: ptychodus must start even when a plugin
+is broken.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class ReconstructorPlugin:
     name: str
     create_library: Callable[..., Any]
     create_view_controller_factory: Callable[[Any, Any], Any] | None = None
+    register_plugins: Callable[[Any], None] | None = None  # called with each ptychodus PluginRegistry
 
 
 class _State:
@@ -174,6 +179,15 @@ def _add_view_factories(arguments: dict[str, Any]) -> None:
     arguments["view_controller_factories"] = factories
 
 
+def extend_plugin_registry(registry: Any) -> None:
+    """Call each activated plugin's ``register_plugins(registry)`` (the shim, and every new PluginRegistry); never raises."""
+    for plugin in list(_state.plugins or []):
+        register = getattr(plugin, "register_plugins", None)
+        if callable(register):
+            with _logged("Plugin %r failed to register with ptychodus's plugin registry", getattr(plugin, "name", plugin)):
+                register(registry)
+
+
 # module, class, the constructor parameters the extension reads, the extension
 _PATCHES: tuple[tuple[str, str, frozenset[str], Callable[[dict[str, Any]], Callable[[Any], None] | None]], ...] = (
     (
@@ -188,6 +202,7 @@ _PATCHES: tuple[tuple[str, str, frozenset[str], Callable[[dict[str, Any]], Calla
         frozenset({"processing_api", "file_dialog_factory", "view_controller_factories"}),
         _add_view_factories,
     ),
+    ("ptychodus.api.plugins", "PluginRegistry", frozenset(), lambda arguments: extend_plugin_registry),
 )
 
 

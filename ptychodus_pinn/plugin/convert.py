@@ -14,12 +14,15 @@ The output product keeps the input's metadata, positions, probes and the input o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ptychodus.api.io import StandardFileLayout
 from ptychodus.api.object import Object
 from ptychodus.api.probe import ProbeSequence
 from ptychodus.api.product import LossValue, Product
@@ -114,6 +117,27 @@ def reconstruct_input_to_scan(parameters: ReconstructInput) -> Any:
         if "off the" in message:
             message += " (in ptychodus: enlarge the object, e.g. regenerate it from the current positions)"
         raise ConversionError(message) from error
+
+
+def is_workflow_directory(path: Path) -> bool:
+    """A ptychodus standard workflow directory (what ``ptychodus -b`` reads): diffraction.h5 and product.h5."""
+    return all((Path(path) / name).is_file() for name in (StandardFileLayout.DIFFRACTION, StandardFileLayout.PRODUCT))
+
+
+def workflow_directory_scan(directory: Path, *, with_object: bool = False) -> Any:
+    """The scan of a workflow directory, paired as ptychodus pairs it; ``with_object``: the product's object
+    as the scan's object (the target of supervised training)."""
+    from ptychodus.api.io import load_diffraction_data, load_product
+    from ptychodus.api.reconstruct import prepare_reconstruct_input
+
+    directory = Path(directory)
+    diffraction = load_diffraction_data(directory / StandardFileLayout.DIFFRACTION)
+    parameters = prepare_reconstruct_input(diffraction, load_product(directory / StandardFileLayout.PRODUCT))
+    scan = reconstruct_input_to_scan(parameters)
+    if with_object:
+        scan = dataclasses.replace(scan, object_guess=parameters.product.object_.get_layer(0))
+    logger.info("Read %d patterns (N=%d) from the workflow directory %s", scan.count, scan.size_px, directory)
+    return scan
 
 
 SMALLEST_SHOWN_LOSS = 1e-9

@@ -7,11 +7,15 @@ Three entries (ptychodus shows them as ``ptychopinn (pytorch)_<name>``), sharing
   (previews while it sharpens, then the result). With "Train On The Scan First" the network is first
   trained on the scan, warm-started from that model when its architecture fits the settings. A plain
   ``Reconstructor``: the button reads "Reconstruct" and needs no model.
-* ``train+infer`` — a ``TrainableReconstructor``: Train on a directory of exported training files,
-  Load Model, and Infer on a scan (network, then refinement, staged the same way).
+* ``train+infer`` — a ``TrainableReconstructor``: Train on a directory of exported training files or
+  a ptychodus workflow directory, Load Model, and Infer on a scan (network, then refinement).
 * ``train+infer supervised`` — the same with supervised training on files that carry objects.
 
-Torch and the engine are imported on first use only. ptychodus's batch mode drives the same generators.
+The stages themselves are the engine's (``engine.inference.reconstruct_stages``); this module turns
+them into products, progress and Stop. Previews are yielded only while a settings panel is attached
+(:meth:`PinnReconstructorLibrary.attach_view`): ptychodus's batch mode (``ptychodus -b``) writes every
+yielded product to a file, so there a run yields the network's object and the result, no more.
+Torch and the engine are imported on first use only.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +41,17 @@ from ptychodus.api.reconstruct import (
 )
 from ptychodus.api.settings import SettingsRegistry
 
-from ptychodus_pinn.engine.config import TrainingMode
+from ptychodus_pinn.engine.config import RunConfig, TrainingMode
 
-from .convert import losses_from_history, output_product, reconstruct_input_to_scan, shown_loss
-from .runner import DoneEvent, EpochEvent, release_device_memory, train_in_background
-from .settings import FIELDS_BY_KEY, PluginSettings, settings_to_run_config
+from .convert import (
+    is_workflow_directory,
+    losses_from_history,
+    output_product,
+    reconstruct_input_to_scan,
+    shown_loss,
+    workflow_directory_scan,
+)
+from .settings import PluginSettings, architecture_changes, settings_to_run_config
 
 LIBRARY_NAME = "PtychoPINN (PyTorch)"
 LOGGER_NAME = "ptychodus_pinn"  # the engine logs below it, so its messages reach the log panel too
@@ -112,6 +122,7 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
         self.model_slot = ModelSlot()
         self.is_developer_mode_enabled = is_developer_mode_enabled
         self._task_monitor: Any | None = None
+        self._view_attached = False
         self._reconstructors: list[Reconstructor] = [
             SelfSupervisedReconstructor(self, RECONSTRUCT_NAME, TrainingMode.PINN),
             TrainInferReconstructor(self, TRAIN_INFER_NAME, TrainingMode.PINN),
@@ -130,6 +141,19 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
         monitor = getattr(processing_api, "task_monitor", None)
         if monitor is not None and hasattr(monitor, "is_stopping") and hasattr(monitor, "update_progress"):
             self._task_monitor = monitor
+
+    def attach_view(self) -> None:
+        """Called by the settings panel's factory (``qt/view.py``), which ptychodus builds with its GUI only.
+
+        A panel means someone watches the products, so previews are worth their cost. Without one
+        (``ptychodus -b``, scripts) ptychodus may write every yielded product to a file: a run then
+        yields the network's object and the result only.
+        """
+        self._view_attached = True
+
+    def previews_wanted(self, values: Mapping[str, Any]) -> bool:
+        """Object previews while training or refining: with a panel attached and Preview Updates on."""
+        return self._view_attached and bool(values["preview_updates"])
 
     def stop_requested(self) -> bool:
         return bool(self._task_monitor is not None and self._task_monitor.is_stopping)
@@ -168,31 +192,26 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
             return None, ""
         return model, self.model_slot.source
 
-
-def architecture_changes(stored: Any, wanted: Any) -> list[str]:
-    """The settings to change so that ``wanted`` (from the settings) fits ``stored`` (a model's), in words."""
-    from ptychodus_pinn.engine.model import warm_start_mismatches
-
-    changes = []
-    for name, (have, want) in warm_start_mismatches(stored, wanted).items():
-        have, want = getattr(have, "value", have), getattr(want, "value", want)
-        field = FIELDS_BY_KEY.get(name)
-        if field is None:  # N: taken from the scan
-            changes.append(f"{name}: the model has {have}, the scan {want}")
+    def model_for(self, scan: Any, *, loaded_first: bool = False) -> Any | None:
+        """The network a reconstruction of ``scan`` uses (logged): :meth:`initial_model_for` (with ``loaded_first``
+        the loaded model whatever its N), loaded into the slot when it was the shipped one (Infer and Save Model
+        then work with it); None: refinement from a flat object."""
+        loaded = self.model_slot.get()
+        if loaded_first and loaded is not None:
+            model, source = loaded, self.model_slot.describe()
         else:
-            changes.append(f"{field.label.rstrip(':')} ({name}) to {have}")
-    return changes
-
-
-def _network_object(model: Any, scan: Any, execution: Any) -> Any:
-    """The network's object (fast, no refinement); the model is left on the CPU and in its training state."""
-    from ptychodus_pinn.engine.inference import reconstruct_network
-
-    was_training = bool(model.training)
-    try:
-        return reconstruct_network(model, scan, execution=execution)
-    finally:
-        model.train(was_training)
+            model, source = self.initial_model_for(scan.size_px)
+        if model is None:
+            logger.info(
+                "No network model for N=%d patterns (none loaded, none ships for this size): refinement starts "
+                "from a flat object; load a model or turn on Train On The Scan First to use a network",
+                scan.size_px,
+            )
+            return None
+        if self.model_slot.get() is None:
+            self.model_slot.set(model, source)
+        logger.info("Reconstructing %d patterns (N=%d) with %s, then refinement", scan.count, scan.size_px, source)
+        return model
 
 
 class _PinnReconstructor:
@@ -208,168 +227,42 @@ class _PinnReconstructor:
     def _setting(self, key: str) -> Any:
         return self._library.settings[key].get_value()
 
-    def _network_and_refinement(
-        self, parameters: ReconstructInput, scan: Any, model: Any | None, config: Any, values: dict[str, Any], **run: Any
-    ) -> Iterator[ReconstructOutput]:
-        """Stage 1, the network's object (yielded at once); stage 2, refinement (previews, then the result).
-
-        ``run``: ``losses`` (what the product shows so far; refinement's NLLs are numbered on after
-        them), ``progress_offset`` (the network is progress ``progress_offset + 1``) and ``goal``.
-        Without a model refinement starts from a flat object; if refinement fails (e.g. out of GPU
-        memory) the network's object is the result.
-        """
-        library, losses, goal = self._library, run["losses"], run["goal"]
-        fill = values["fill_unilluminated"] == "input object"
-
-        def product(obj: Any, illuminated: Any, probe: Any = None) -> Any:
-            return output_product(
-                parameters, obj, illuminated=illuminated, losses=list(losses), fill_with_input=fill, probe=probe
-            )
-
-        if model is None and config.refinement.epochs == 0:
-            raise ValueError(
-                f"nothing to reconstruct with: no model for N={scan.size_px} patterns (load one, or turn on "
-                "Train On The Scan First) and refinement is off (Refinement Epochs 0)"
-            )
-        network = None
-        if model is not None:
-            try:
-                network = _network_object(model, scan, config.execution)
-            finally:
-                release_device_memory(model)  # nn.Module.to moves it in place
-            progress = run["progress_offset"] + 1
-            logger.info(
-                "Network: %d patterns in %.2f s (%.0f patterns/s)", scan.count, network.seconds, network.patterns_per_second
-            )
-            if config.refinement.epochs == 0:
-                logger.info("Refinement is off (Refinement Epochs 0): the network's object is the result")
-                yield ReconstructOutput(product(network.object, network.illuminated), progress=goal)
+    def _reconstruct(self, parameters: ReconstructInput, *, train_first: bool) -> Iterator[ReconstructOutput]:
+        """Settings → configs, the network (trained on the scan first, else the library's choice), then the stages."""
+        library = self._library
+        values = library.settings.values()
+        scan = reconstruct_input_to_scan(parameters)
+        config = settings_to_run_config(values, N=scan.size_px, mode=self._mode)
+        training_epochs = config.training.epochs if train_first else 0
+        goal = training_epochs + 1 + config.refinement.epochs
+        library.report_progress(0, goal)
+        losses: list[LossValue] = []
+        if train_first:
+            model = yield from self._train_on_scan(parameters, scan, config, values, losses, goal)
+            if model is None:  # stopped mid-training: the best model's network object was the result
                 return
-            library.report_progress(progress, goal)
-            yield ReconstructOutput(product(network.object, network.illuminated), progress=progress)
-            if library.stop_requested():
-                logger.info("Stopped after the network stage: the network's object is the result")
-                return
-        try:
-            yield from self._refinement(scan, network, config, product, float(values["preview_interval_s"]), **run)
-        except Exception as error:
-            if network is None:
-                raise
-            first_line = (str(error).strip().splitlines() or [""])[0]
-            logger.error("Refinement failed (%s: %s); the network's object is the result", type(error).__name__, first_line)
-            logger.debug("traceback", exc_info=error)
-            yield ReconstructOutput(product(network.object, network.illuminated), progress=goal)
-
-    def _refinement(
-        self, scan: Any, network: Any | None, config: Any, product: Callable[..., Any], preview_interval_s: float, **run: Any
-    ) -> Iterator[ReconstructOutput]:
-        from ptychodus_pinn.engine.physics import poisson_nll_floor
-        from ptychodus_pinn.engine.refinement import refine_steps
-
-        library, refinement, losses, goal = self._library, config.refinement, run["losses"], run["goal"]
-        floor = poisson_nll_floor(scan.patterns, scan.bad_pixels)  # refinement reports the Poisson NLL
-        first_epoch = max((int(loss.epoch) for loss in losses), default=0)
-        logger.info(
-            "Refining the object against all %d patterns: %d epochs, start %s, %s noise, mini-batch %d (growing)%s",
-            scan.count,
-            refinement.epochs,
-            refinement.start.value,
-            refinement.noise_model.value,
-            refinement.batch_size,
-            ", probe refined too" if refinement.refine_probe else "",
+        else:  # Infer (a TrainableReconstructor) uses the loaded model whatever its N: the engine says if it does not fit
+            model = library.model_for(scan, loaded_first=isinstance(self, TrainableReconstructor))
+        yield from self._stages(
+            parameters, scan, model, config, values, losses=losses, progress_offset=training_epochs, goal=goal
         )
-        illuminated = None if network is None else network.illuminated
-        steps = None
-        try:
-            start = None if network is None else network.object
-            steps = refine_steps(scan, start, refinement, device=config.execution, should_stop=library.stop_requested)
-            last_yield_s, previews = time.monotonic(), 0
-            while True:
-                try:
-                    report = next(steps)
-                except StopIteration as finished:
-                    result = finished.value
-                    break
-                losses.append(LossValue(first_epoch + int(report.epoch), shown_loss(report.nll, floor)))
-                progress = run["progress_offset"] + 1 + int(report.epoch)
-                library.report_progress(progress, goal)
-                # also how Stop is seen without ptychodus's task monitor: at a yield
-                due = time.monotonic() - last_yield_s >= (FIRST_REFINEMENT_PREVIEW_S if previews == 0 else preview_interval_s)
-                if due and report.snapshot is not None and not report.stopped and report.epoch < report.epochs:
-                    yield ReconstructOutput(product(report.snapshot(), illuminated), progress=progress)
-                    previews += 1
-                    last_yield_s = time.monotonic()
-        finally:
-            if steps is not None:
-                steps.close()
-            release_device_memory(None)
-        logger.info(
-            "Refinement started from the %s object (Poisson NLL per pattern: %s); %d of %d epochs in %.1f s%s, "
-            "NLL %.4f, result from epoch %d",
-            result.start.value,
-            ", ".join(f"{name} {value:.4f}" for name, value in sorted(result.start_nll.items())),
-            len(result.history),
-            refinement.epochs,
-            result.seconds,
-            ", stopped" if result.stopped else "",
-            result.history[-1].nll if result.history else float("nan"),
-            result.best_epoch,
-        )
-        probe = result.probe if refinement.refine_probe else None
-        yield ReconstructOutput(product(result.object, result.illuminated, probe), progress=goal)
-
-    def _run_training(self, scans: list[Any], values: dict[str, Any], **options: Any) -> Iterator[EpochEvent | DoneEvent]:
-        """Train on a worker thread (``options``: initial_model, preview); yields epoch events and the final one."""
-        config = settings_to_run_config(values, N=scans[0].size_px, mode=self._mode)
-        interval_s = float(values["preview_interval_s"])
-        stop_requested = self._library.stop_requested
-        return train_in_background(scans, config, stop_requested=stop_requested, preview_interval_s=interval_s, **options)
-
-
-class SelfSupervisedReconstructor(_PinnReconstructor, Reconstructor):
-    """One click: the network's object, then refinement; optionally trained on the scan first."""
-
-    def get_progress_goal(self) -> int:  # training, network, refinement
-        return (self._setting("epochs") if self._setting("train_first") else 0) + 1 + self._setting("refine_epochs")
-
-    def reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
-        with _reported("PtychoPINN (PyTorch) reconstruction"):
-            library = self._library
-            values = library.settings.values()
-            scan = reconstruct_input_to_scan(parameters)
-            config = settings_to_run_config(values, N=scan.size_px, mode=self._mode)
-            training_epochs = int(values["epochs"]) if values["train_first"] else 0
-            goal = training_epochs + 1 + config.refinement.epochs
-            library.report_progress(0, goal)
-            losses: list[LossValue] = []
-            if values["train_first"]:
-                model = yield from self._train_on_scan(parameters, scan, config, values, losses, goal)
-                if model is None:  # stopped mid-training: the best model's network object was the result
-                    return
-            else:
-                model, source = library.initial_model_for(scan.size_px)
-                if model is None:
-                    logger.info(
-                        "No network model for N=%d patterns (none loaded, none ships for this size): refinement starts "
-                        "from a flat object; load a model or turn on Train On The Scan First to use a network",
-                        scan.size_px,
-                    )
-                else:
-                    if library.model_slot.get() is None:
-                        library.model_slot.set(model, source)  # Infer and Save Model work with it afterwards
-                    logger.info("Reconstructing %d patterns (N=%d) with %s, then refinement", scan.count, scan.size_px, source)
-            yield from self._network_and_refinement(
-                parameters, scan, model, config, values, losses=losses, progress_offset=training_epochs, goal=goal
-            )
 
     def _train_on_scan(
-        self, parameters: ReconstructInput, scan: Any, config: Any, values: dict[str, Any], losses: list[LossValue], goal: int
+        self,
+        parameters: ReconstructInput,
+        scan: Any,
+        config: RunConfig,
+        values: dict[str, Any],
+        losses: list[LossValue],
+        goal: int,
     ) -> Generator[ReconstructOutput, None, Any | None]:
         """Self-supervised training on the scan with previews; returns the trained model (loaded in the slot).
 
         After Stop the best model so far is loaded, its network object is yielded as the final product
         and None is returned: the run ends there (no refinement after Stop).
         """
+        from ptychodus_pinn.engine import inference
+        from ptychodus_pinn.engine.background import DoneEvent
         from ptychodus_pinn.engine.physics import loss_floor
 
         library = self._library
@@ -387,14 +280,16 @@ class SelfSupervisedReconstructor(_PinnReconstructor, Reconstructor):
             "Self-supervised training on %d patterns (N=%d) for %d epochs%s, then network and refinement",
             scan.count,
             scan.size_px,
-            int(values["epochs"]),
+            config.training.epochs,
             f", starting from {source}" if initial is not None else " from scratch",
         )
         floor = loss_floor(config.model, scan.patterns, scan.bad_pixels)
         last_yield_s = time.monotonic()
         result = None
-        preview = functools.partial(_network_object, scan=scan, execution=config.execution)
-        for event in self._run_training([scan], values, initial_model=initial, preview=preview):
+        # a preview runs on the training thread, on the training's device, and leaves the model there
+        preview = functools.partial(inference.network_object, scan=scan, execution=config.execution, release=False)
+        wanted = {"preview": preview} if library.previews_wanted(values) else {}
+        for event in self._run_training([scan], config, values, initial_model=initial, **wanted):
             if isinstance(event, DoneEvent):
                 result = event.result
                 break
@@ -405,10 +300,8 @@ class SelfSupervisedReconstructor(_PinnReconstructor, Reconstructor):
             if event.preview is not None or (
                 not attached and time.monotonic() - last_yield_s >= float(values["preview_interval_s"])
             ):
-                obj, illuminated = (
-                    (event.preview.object, event.preview.illuminated) if event.preview is not None else (None, None)
-                )
-                product = output_product(parameters, obj, illuminated=illuminated, losses=losses, fill_with_input=fill)
+                obj, lit = (event.preview.object, event.preview.illuminated) if event.preview is not None else (None, None)
+                product = output_product(parameters, obj, illuminated=lit, losses=losses, fill_with_input=fill)
                 yield ReconstructOutput(product, progress=progress)
                 last_yield_s = time.monotonic()
         if result is None:
@@ -423,17 +316,77 @@ class SelfSupervisedReconstructor(_PinnReconstructor, Reconstructor):
         if not result.stopped:
             return model
         logger.info("Stopped: the best model so far (epoch %d) is loaded; its network object is the result", result.best_epoch)
-        try:
-            recon = _network_object(model, scan, config.execution)
-        finally:
-            release_device_memory(model)
+        recon = inference.network_object(model, scan, execution=config.execution)
         product = output_product(parameters, recon.object, illuminated=recon.illuminated, losses=losses, fill_with_input=fill)
         yield ReconstructOutput(product, progress=goal)
         return None
 
+    def _stages(
+        self, parameters: ReconstructInput, scan: Any, model: Any | None, config: RunConfig, values: dict[str, Any], **run: Any
+    ) -> Iterator[ReconstructOutput]:
+        """The engine's stages as products: the network's object at once, refinement previews (when wanted)
+        at the preview cadence, then the result (progress ``goal``).
+
+        ``run``: ``losses`` (what the product shows so far; refinement's NLLs are numbered on after them),
+        ``progress_offset`` (the network is progress ``progress_offset + 1``) and ``goal``.
+        """
+        from ptychodus_pinn.engine.inference import FinalResult, NetworkStage, reconstruct_stages
+
+        library, losses, goal = self._library, run["losses"], run["goal"]
+        fill = values["fill_unilluminated"] == "input object"
+        first_epoch = max((int(loss.epoch) for loss in losses), default=0)
+        previews, interval_s = library.previews_wanted(values), float(values["preview_interval_s"])
+        illuminated, shown, last_yield_s = None, 0, time.monotonic()
+
+        def output(obj: Any, lit: Any, progress: int, probe: Any = None) -> ReconstructOutput:
+            product = output_product(parameters, obj, illuminated=lit, losses=list(losses), fill_with_input=fill, probe=probe)
+            return ReconstructOutput(product, progress=progress)
+
+        execution, refinement = config.execution, config.refinement
+        for event in reconstruct_stages(
+            model, scan, execution=execution, refinement=refinement, should_stop=library.stop_requested
+        ):
+            if isinstance(event, FinalResult):
+                result = event.reconstruction
+                probe = result.probe if result.refinement is not None and refinement.refine_probe else None
+                yield output(result.object, result.illuminated, goal, probe)
+            elif isinstance(event, NetworkStage):
+                illuminated = event.reconstruction.illuminated
+                library.report_progress(run["progress_offset"] + 1, goal)
+                yield output(event.reconstruction.object, illuminated, run["progress_offset"] + 1)
+                last_yield_s = time.monotonic()
+            else:
+                report = event.report
+                losses.append(LossValue(first_epoch + int(report.epoch), shown_loss(report.nll, event.nll_floor)))
+                progress = run["progress_offset"] + 1 + int(report.epoch)
+                library.report_progress(progress, goal)
+                due = time.monotonic() - last_yield_s >= (FIRST_REFINEMENT_PREVIEW_S if shown == 0 else interval_s)
+                if previews and due and report.snapshot is not None and not report.stopped and report.epoch < report.epochs:
+                    yield output(report.snapshot(), illuminated, progress)
+                    shown, last_yield_s = shown + 1, time.monotonic()
+
+    def _run_training(self, scans: list[Any], config: RunConfig, values: dict[str, Any], **options: Any) -> Iterator[Any]:
+        """Train on a worker thread (``options``: initial_model, preview); yields epoch events and the final one."""
+        from ptychodus_pinn.engine.background import train_in_background
+
+        interval_s = float(values["preview_interval_s"])
+        stop_requested = self._library.stop_requested
+        return train_in_background(scans, config, stop_requested=stop_requested, preview_interval_s=interval_s, **options)
+
+
+class SelfSupervisedReconstructor(_PinnReconstructor, Reconstructor):
+    """One click: the network's object, then refinement; optionally trained on the scan first."""
+
+    def get_progress_goal(self) -> int:  # training, network, refinement
+        return (self._setting("epochs") if self._setting("train_first") else 0) + 1 + self._setting("refine_epochs")
+
+    def reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
+        with _reported("PtychoPINN (PyTorch) reconstruction"):
+            yield from self._reconstruct(parameters, train_first=bool(self._setting("train_first")))
+
 
 class TrainInferReconstructor(_PinnReconstructor, TrainableReconstructor):
-    """Train on exported files (PINN or supervised), Load/Save Model, and Infer on a scan."""
+    """Train on exported files or a workflow directory (PINN or supervised), Load/Save Model, and Infer on a scan."""
 
     _inferring = False  # ptychodus asks one method for the goal of Train and of Infer
 
@@ -441,22 +394,12 @@ class TrainInferReconstructor(_PinnReconstructor, TrainableReconstructor):
         return 1 + self._setting("refine_epochs") if self._inferring else self._setting("epochs")
 
     def reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
+        """Infer with the loaded model (the GUI's Infer button needs one); without one (``ptychodus -b reconstruct``
+        found no ``model.pinn.pt`` in its input folder) the shipped model for the scan's N, as one click does."""
         with _reported("PtychoPINN (PyTorch) inference"):
-            library = self._library
-            model = library.model_slot.get()
-            if model is None:
-                raise RuntimeError("No model loaded: Train, Load Model, or use the one-click Reconstruct entry first")
-            values = library.settings.values()
-            scan = reconstruct_input_to_scan(parameters)
-            config = settings_to_run_config(values, N=scan.size_px, mode=model.config.mode)
-            goal = 1 + config.refinement.epochs
             self._inferring = True
             try:
-                library.report_progress(0, goal)
-                logger.info("Inferring %d patterns with %s, then refinement", scan.count, library.model_slot.describe())
-                yield from self._network_and_refinement(
-                    parameters, scan, model, config, values, losses=[], progress_offset=0, goal=goal
-                )
+                yield from self._reconstruct(parameters, train_first=False)
             finally:
                 self._inferring = False
 
@@ -488,6 +431,10 @@ class TrainInferReconstructor(_PinnReconstructor, TrainableReconstructor):
         logger.info("Exported %d patterns to %s", len(parameters.product.probe_positions), path)
 
     def train(self, input_path: Path, output_path: Path) -> Iterator[TrainOutput]:
+        """Train on ``input_path`` — a ptychodus workflow directory (``ptychodus -b train``: its diffraction.h5 and
+        product.h5), else a folder of exported training files or one file — and save the model into
+        ``output_path`` (a folder gets ``model.pinn.pt``, which ``ptychodus -b reconstruct`` loads)."""
+        from ptychodus_pinn.engine.background import DoneEvent
         from ptychodus_pinn.engine.data import load_training_scans
 
         with _reported("PtychoPINN (PyTorch) training"):
@@ -495,11 +442,16 @@ class TrainInferReconstructor(_PinnReconstructor, TrainableReconstructor):
             values = self._library.settings.values()
             model_path = model_path_for(output_path)
             check_model_output(model_path, input_path)  # before training, never after
-            scans = load_training_scans(input_path, supervised=self._mode is TrainingMode.SUPERVISED)
+            supervised = self._mode is TrainingMode.SUPERVISED
+            if is_workflow_directory(input_path):
+                scans = [workflow_directory_scan(input_path, with_object=supervised)]
+            else:
+                scans = load_training_scans(input_path, supervised=supervised)
+            config = settings_to_run_config(values, N=scans[0].size_px, mode=self._mode)
             train_losses: list[LossValue] = []
             val_losses: list[LossValue] = []
             result = None
-            for event in self._run_training(scans, values):
+            for event in self._run_training(scans, config, values):
                 if isinstance(event, DoneEvent):
                     result = event.result
                     break
@@ -511,7 +463,7 @@ class TrainInferReconstructor(_PinnReconstructor, TrainableReconstructor):
                 yield TrainOutput(list(train_losses), list(val_losses), progress=int(report.epoch))
             if result is None:
                 return
-            self._library.model_slot.set(release_device_memory(result.model), f"{self._mode.value} training on {input_path.name}")
+            self._library.model_slot.set(result.model, f"{self._mode.value} training on {input_path.name}")
             model_path.parent.mkdir(parents=True, exist_ok=True)
             self._library.save_model(model_path)
             logger.info(
@@ -521,7 +473,7 @@ class TrainInferReconstructor(_PinnReconstructor, TrainableReconstructor):
                 result.best_epoch,
                 ", stopped early" if result.stopped else "",
             )
-            yield TrainOutput(train_losses, val_losses, progress=int(values["epochs"]))
+            yield TrainOutput(train_losses, val_losses, progress=config.training.epochs)
 
 
 def model_path_for(output_path: Path) -> Path:
@@ -538,7 +490,9 @@ def check_model_output(model_path: Path, input_path: Path) -> None:
     check_output_folder(model_path.parent, "model output")
     if model_path.parent.is_dir():
         check_output_file(model_path, "model output")
-    if input_path.is_dir():
+    if is_workflow_directory(input_path):  # what it reads: a model there from an earlier training may be replaced
+        files = [input_path / StandardFileLayout.DIFFRACTION, input_path / StandardFileLayout.PRODUCT]
+    elif input_path.is_dir():
         files = [path for path in input_path.iterdir() if path.is_file()]
     else:
         files = [input_path] if input_path.is_file() else []

@@ -158,6 +158,9 @@ PLUGIN_FIELDS: tuple[Field, ...] = (
           "One-click Reconstruct: train the network on the selected scan (self-supervised, the Training settings) before "
           "the network and refinement stages. Off: the loaded model, else the shipped pretrained one, goes straight to the "
           "network and refinement stages (seconds, not minutes)."),
+    Field(Section.PLUGIN, "preview_updates", "Preview Updates:", Kind.BOOL, True,
+          "Show the object while training and refining, every Preview Interval. Off: only the network's object and the "
+          "result. Without the GUI (ptychodus -b, where each product becomes a file) there are never previews."),
     Field(Section.PLUGIN, "preview_interval_s", "Preview Interval [s]:", Kind.REAL, 15.0,
           "Seconds between object previews while training or refining (each preview costs ptychodus's GUI ~0.65 s; 15 s "
           "keeps the GUI busy well under 10 % of a run). The network's object and a first refinement preview (after ~2 s) "
@@ -361,6 +364,21 @@ def settings_to_run_config(
     except ConfigError as error:  # spelled as the panel shows it
         bad = _BY_CONFIG_FIELD.get((error.config, error.field))
         raise ValueError(error.message_for(f"{bad.label.rstrip(':')} ({bad.key})") if bad else str(error)) from error
+
+
+def architecture_changes(stored: ModelConfig, wanted: ModelConfig) -> list[str]:
+    """The settings to change so that ``wanted`` (from the settings) fits ``stored`` (a model's), in words."""
+    from ptychodus_pinn.engine.model import warm_start_mismatches
+
+    changes = []
+    for name, (have, want) in warm_start_mismatches(stored, wanted).items():
+        have, want = getattr(have, "value", have), getattr(want, "value", want)
+        field = FIELDS_BY_KEY.get(name)
+        if field is None:  # N: taken from the scan
+            changes.append(f"{name}: the model has {have}, the scan {want}")
+        else:
+            changes.append(f"{field.label.rstrip(':')} ({name}) to {have}")
+    return changes
 
 
 def run_config_to_settings(config: RunConfig, settings: PluginSettings) -> None:

@@ -17,12 +17,15 @@ logger = logging.getLogger(__name__)
 
 
 def register_plugins(registry: Any) -> None:
-    """Install the reconstructor hooks; never raises (a broken plugin must not stop ptychodus)."""
-    del registry  # reconstructor libraries are not part of ptychodus's PluginRegistry
+    """Install the reconstructor hooks and add the plugins' registry entries (e.g. the streaming
+    workflow) to ``registry``; never raises (a broken plugin must not stop ptychodus)."""
     try:
         from ptychodus_pinn.plugin.activation import activate
 
-        activate()
+        if activate():
+            from ptychodus_pinn.plugin.activation import extend_plugin_registry
+
+            extend_plugin_registry(registry)
     except BaseException as error:
         if isinstance(error, KeyboardInterrupt):
             raise

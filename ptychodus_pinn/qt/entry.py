@@ -34,8 +34,20 @@ def create_view_controller_factory(library: Any, file_dialog_factory: Any) -> An
     return PinnViewControllerFactory(library, file_dialog_factory)
 
 
+def register_plugins(registry: Any) -> None:
+    """Add the "PtychoPINN (PyTorch) streaming" file-based workflow to a ptychodus ``PluginRegistry``.
+
+    Imports only ``ptychodus.api`` (no torch), and only for a real registry.
+    """
+    if not hasattr(registry, "file_based_workflows"):
+        return
+    from ptychodus_pinn.plugin.streaming import register_streaming_workflow
+
+    register_streaming_workflow(registry)
+
+
 def reconstructor_plugin() -> ReconstructorPlugin:
-    return ReconstructorPlugin("PtychoPINN (PyTorch)", create_library, create_view_controller_factory)
+    return ReconstructorPlugin("PtychoPINN (PyTorch)", create_library, create_view_controller_factory, register_plugins)
 
 
 def run_gui(argv: Sequence[str] | None = None) -> int:

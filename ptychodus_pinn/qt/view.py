@@ -236,6 +236,7 @@ class PinnViewControllerFactory(ReconstructorViewControllerFactory):
         self._library = library
         self._file_dialog_factory = file_dialog_factory
         self.widgets: dict[str, QWidget] = {}
+        library.attach_view()  # ptychodus builds panels with its GUI only: products are watched, previews worth it
 
     @property
     def name(self) -> str:

@@ -264,3 +264,21 @@ def test_a_model_file_value_never_becomes_a_flag(cli_model, tmp_path, capsys):
     assert main(arguments) == 2
     error = capsys.readouterr().err.strip()
     assert "N=33" in error and "--N" not in error and "model file" in error and "\n" not in error
+
+
+@pytest.mark.parametrize(
+    "ptychodus_args",
+    [["-b", "train", "-i", "wf", "-o", "wf"], ["--settings", "my.ini", "--log-level", "10"], ["-b", "reconstruct", "-i", "in"]],
+)
+def test_gui_passes_ptychodus_options_as_they_are(ptychodus_args, monkeypatch):
+    """``ptychodus-pinn gui -b reconstruct -i IN -o OUT``: batch mode for editable installs (docs/gui.md)."""
+    pytest.importorskip("ptychodus")
+    pytest.importorskip("PyQt5")
+    import os
+
+    started = []
+    monkeypatch.setattr(os, "execv", lambda path, command: started.append(command))
+    for argv in (["gui", *ptychodus_args], ["-v", "gui", "--", *ptychodus_args]):
+        started.clear()
+        assert main(argv) == 0
+        assert started[0][1:3] == ["-m", "ptychodus_pinn.qt"] and started[0][3:] == ptychodus_args

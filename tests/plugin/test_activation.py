@@ -60,6 +60,9 @@ def test_shim_in_plugins_namespace_activates(clean: None, monkeypatch: pytest.Mo
     model = _model_core()
     assert "ptychodus.plugins.ptychodus_pinn_shim" in sys.modules
     assert set(model.workflow_api.available_reconstructors()) >= OUR_KEYS
+    # the shim passed ptychodus's registry to the entry: the streaming workflow is in the Automation view
+    workflows = [plugin.simple_name for plugin in model.plugin_registry.file_based_workflows]
+    assert workflows.count("PtychoPINN_Streaming") == 1
 
 
 def test_shim_import_is_cheap_and_never_raises(tmp_path: Path) -> None:

@@ -177,7 +177,7 @@ def test_defaults_agree_with_the_shipped_model() -> None:
     """Default settings warm-start from the shipped model (no "Warm start skipped ... another architecture")."""
     from ptychodus_pinn.engine.model import warm_start_mismatches
     from ptychodus_pinn.engine.persistence import load_pretrained
-    from ptychodus_pinn.plugin.library import architecture_changes
+    from ptychodus_pinn.plugin.settings import architecture_changes
 
     shipped = load_pretrained(64)
     _, values = _settings()

@@ -147,6 +147,7 @@ def test_preview_while_refining_then_stop_ends_within_2s_keeping_the_object(
     model_core: Any, library: Any, scene: tuple[Any, Any], n32_model: Any, yields: list[Yielded]
 ) -> None:
     product, truth = scene
+    library.attach_view()  # previews only while a panel shows them (the GUI builds one; batch mode has none)
     configure(library, refine_epochs=5000)
     log = _panel_log(model_core)
     processing = model_core.processing_core.processing_api
@@ -289,7 +290,7 @@ def test_batch_mode_reconstructs_with_network_and_refinement(
 ) -> None:
     """``ptychodus -b reconstruct`` (ModelCore.batch_mode_execute): Infer's staged generator, model file from the folder.
 
-    ptychodus writes one numbered product file per yield: the network's (progress 1) and the refined one.
+    ptychodus writes one numbered product file per yield: the network's (progress 1) and the refined one, no previews.
     """
     from ptychodus.api.io import StandardFileLayout, load_product
 
@@ -311,7 +312,7 @@ def test_batch_mode_reconstructs_with_network_and_refinement(
     messages = "\n".join(log.messages())
     assert int(code) == 0, messages
     written = sorted(outputs.glob("product.*.h5"))
-    assert written[0].name == "product.000001.h5" and written[-1].name == "product.000031.h5"
+    assert [path.name for path in written] == ["product.000001.h5", "product.000031.h5"]  # no previews without a panel
 
     network = load_product(written[0]).object_.get_layer(0)
     refined = load_product(written[-1]).object_.get_layer(0)

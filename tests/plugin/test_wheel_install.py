@@ -38,6 +38,7 @@ print("RESULT", json.dumps({
     "torch": "torch" in sys.modules,
     "package": ptychodus_pinn.__file__,
     "shim": "ptychodus.plugins.ptychodus_pinn_shim" in sys.modules,
+    "workflows": [p.simple_name for p in model.plugin_registry.file_based_workflows if "PtychoPINN" in p.simple_name],
 }))
 """
 
@@ -142,6 +143,7 @@ def test_wheel_is_discovered_by_plain_ptychodus(tmp_path: Path) -> None:
     assert found["shim"], "ptychodus's PluginRegistry imported the shim"
     assert Path(found["package"]).is_relative_to(site), "the wheel's copy is used, not the source tree"
     assert not found["torch"], "discovery costs no torch import"
+    assert found["workflows"] == ["PtychoPINN_Streaming"], "the shim registered the streaming workflow"
 
     combo_items = json.loads(_run(python, GUI_CHECK, tmp_path))
     assert combo_items == OUR_KEYS  # the real GUI's Algorithm combo lists them

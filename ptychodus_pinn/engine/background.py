@@ -1,10 +1,10 @@
-"""Runs engine training in a worker thread that ptychodus's reconstruct/train generator polls.
+"""Training on a worker thread, as a generator of epoch events that a responsive caller polls.
 
-Why a second thread: ptychodus drives a reconstructor by iterating its generator and only looks at
-the Stop button (and only updates the GUI) between ``yield``s, while each yielded product costs the
-GUI thread ~0.65 s. Training in a worker lets the generator wait on a queue with a short timeout,
-watch the Stop button through the task monitor, report progress every epoch, and yield products
-only for previews (throttled) and the final result.
+For callers that must stay responsive while training runs, such as the ptychodus plugin: ptychodus
+drives a reconstructor by iterating its generator and only looks at the Stop button (and only
+updates the GUI) between ``yield``s, while each yielded product costs the GUI thread ~0.65 s. With
+training in a worker the generator waits on a queue with a short timeout, watches a stop request,
+reports progress every epoch, and yields products only when it chooses to (previews, the result).
 """
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # training imports Lightning: only on the worker thread, on first use
+    from ptychodus_pinn.engine.config import RunConfig
+    from ptychodus_pinn.engine.data import Scan
+    from ptychodus_pinn.engine.inference import Reconstruction
+    from ptychodus_pinn.engine.model import PinnModel
+    from ptychodus_pinn.engine.training import EpochReport, TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -27,22 +34,22 @@ JOIN_TIMEOUT_S = 30.0
 
 @dataclass(frozen=True)
 class EpochEvent:
-    report: Any  # ptychodus_pinn.engine.training.EpochReport
-    preview: Any | None  # ptychodus_pinn.engine.inference.Reconstruction computed at this epoch, if due
+    report: EpochReport
+    preview: Reconstruction | None  # the network's object at this epoch, when a preview was due
 
 
 @dataclass(frozen=True)
 class DoneEvent:
-    result: Any  # ptychodus_pinn.engine.training.TrainResult
+    result: TrainResult
 
 
 def train_in_background(
-    scans: Sequence[Any],
-    config: Any,
+    scans: Sequence[Scan],
+    config: RunConfig,
     *,
     stop_requested: Callable[[], bool],
-    initial_model: Any | None = None,
-    preview: Callable[[Any], Any] | None = None,
+    initial_model: PinnModel | None = None,
+    preview: Callable[[PinnModel], Reconstruction] | None = None,
     preview_interval_s: float = 10.0,
 ) -> Iterator[EpochEvent | DoneEvent]:
     """Epoch events, then the final one, of ``engine.training.train`` on a worker thread; raises what it raised.
@@ -50,7 +57,7 @@ def train_in_background(
     ``stop_requested`` is polled every ~0.2 s; training then stops after the current batch, keeping the
     best model so far. ``preview(model)`` runs on the training thread between epochs (the only safe
     moment to evaluate the model), at most every ``preview_interval_s`` and never after the last epoch.
-    Closing the generator (ptychodus's Stop) stops training and waits for the worker.
+    Closing the generator (e.g. ptychodus's Stop) stops training and waits for the worker.
     """
     stop = threading.Event()
     finished = threading.Event()  # training returned or raised
@@ -58,7 +65,7 @@ def train_in_background(
     last_preview_s = time.monotonic()
     stop_requested_at_s: float | None = None
 
-    def on_epoch_end(report: Any) -> None:
+    def on_epoch_end(report: EpochReport) -> None:
         nonlocal last_preview_s
         image = None
         due = time.monotonic() - last_preview_s >= preview_interval_s
@@ -122,17 +129,3 @@ def train_in_background(
         thread.join(JOIN_TIMEOUT_S)
         if thread.is_alive():
             logger.warning("The training thread did not stop within %.0f s; it ends on its own", JOIN_TIMEOUT_S)
-
-
-def release_device_memory(model: Any | None) -> Any | None:
-    """Move a model to the CPU and return cached GPU memory to the driver (after a run)."""
-    import torch
-
-    if model is not None:
-        try:
-            model = model.to("cpu") or model
-        except Exception:
-            logger.debug("Could not move the model to the CPU", exc_info=True)
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return model

@@ -1,0 +1,65 @@
+"""``inference.reconstruct_stages``: the network-then-refinement events and the rules every caller shares."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pytest
+
+import ptychodus_pinn.engine.refinement as refinement_module
+from ptychodus_pinn.engine.config import ExecutionConfig, RefinementConfig
+from ptychodus_pinn.engine.inference import FinalResult, NetworkStage, RefinementEpoch, reconstruct, reconstruct_stages
+
+CPU = ExecutionConfig(accelerator="cpu")
+
+
+def test_events_in_order_and_the_model_left_as_it_was(
+    small_scan: Any, trained_small: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ptychodus_pinn")
+    model = trained_small.model.train()
+    events = list(reconstruct_stages(model, small_scan, execution=CPU, refinement=RefinementConfig(epochs=20)))
+    assert isinstance(events[0], NetworkStage) and isinstance(events[-1], FinalResult)
+    epochs = events[1:-1]
+    assert [event.report.epoch for event in epochs] == list(range(1, 21))
+    assert all(isinstance(event, RefinementEpoch) and event.report.nll >= event.nll_floor for event in epochs)
+    final = events[-1]
+    assert final.fallback is None and final.reconstruction.stages == ("network", "refinement")
+    assert np.array_equal(final.reconstruction.network_object, events[0].reconstruction.object)
+    assert model.training and {parameter.device.type for parameter in model.parameters()} == {"cpu"}
+    progress = [record.getMessage() for record in caplog.records if record.getMessage().startswith("Refinement epoch ")]
+    assert [message.split(":")[0] for message in progress] == [f"Refinement epoch {epoch}/20" for epoch in range(2, 21, 2)]
+
+
+def test_refinement_off_stop_after_the_network_and_no_model(small_scan: Any, trained_small: Any) -> None:
+    model = trained_small.model
+    (only,) = reconstruct_stages(model, small_scan, execution=CPU, refinement=RefinementConfig(epochs=0))
+    assert isinstance(only, FinalResult) and only.reconstruction.stages == ("network",)
+
+    events = list(reconstruct_stages(model, small_scan, execution=CPU, should_stop=lambda: True))
+    assert [type(event) for event in events] == [NetworkStage, FinalResult]
+    assert events[1].fallback == "stopped after the network stage"
+
+    flat = list(reconstruct_stages(None, small_scan, execution=CPU, refinement=RefinementConfig(epochs=2)))
+    assert not any(isinstance(event, NetworkStage) for event in flat)
+    assert flat[-1].reconstruction.stages == ("refinement",)
+    with pytest.raises(ValueError, match="nothing to reconstruct with"):
+        list(reconstruct_stages(None, small_scan, execution=CPU, refinement=RefinementConfig(epochs=0)))
+
+
+def test_a_refinement_failure_leaves_the_network_object(
+    small_scan: Any, trained_small: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details")
+        yield
+
+    monkeypatch.setattr(refinement_module, "refine_steps", out_of_memory)
+    caplog.set_level(logging.INFO, logger="ptychodus_pinn")
+    result = reconstruct(trained_small.model, small_scan, execution=CPU)  # the CLI's path: the same rule
+    assert result.stages == ("network",) and result.refinement is None
+    assert "Refinement failed (RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB)" in caplog.text
+    with pytest.raises(RuntimeError, match="out of memory"):  # nothing to fall back to without a network
+        reconstruct(None, small_scan, execution=CPU)

@@ -2,7 +2,9 @@
 
 For N = 64, 128, 256, fp32 vs bf16-mixed, eager vs ``torch.compile``: patterns per second of
 inference (network forward) and of a training step (forward, physics forward model, Poisson NLL,
-backward, Adam step), and peak accelerator memory. Optionally one Lightning epoch end to end.
+backward, Adam step), and peak accelerator memory. Optionally one Lightning epoch end to end, and
+(``--reconstruct``, needs scipy) refinement seconds per epoch and streaming throughput: a whole
+reconstruction (shipped model + default refinement, ``engine.inference.reconstruct``) per scan.
 Needs only torch and numpy (plus this repository on ``sys.path``); lightning/scipy only for the
 optional end-to-end epoch. Writes ``gpu_bench.json`` under ``$OUT`` (or ``--out``).
 
@@ -140,6 +142,35 @@ def bench_lightning_epoch(size: int, device: torch.device, precision: str, args:
             "seconds_first_epoch": first, "seconds_per_epoch": per_epoch, "patterns_per_s": scan.count / per_epoch}  # fmt: skip
 
 
+def bench_reconstruct(size: int, positions: int, device: torch.device, scans: int) -> dict[str, Any]:
+    """Refinement s/epoch and whole reconstructions per minute for simulated N=size scans on ``device``."""
+    from ptychodus_pinn.engine.config import ExecutionConfig, RefinementConfig
+    from ptychodus_pinn.engine.inference import reconstruct
+    from ptychodus_pinn.engine.persistence import load_pretrained, pretrained_path
+    from ptychodus_pinn.engine.refinement import RefinementProblem, iterate_refinement
+    from ptychodus_pinn.engine.simulate import simulate_scan
+
+    execution = ExecutionConfig(accelerator="cuda" if device.type == "cuda" else "cpu")
+    model = load_pretrained(size) if pretrained_path(size) is not None else None
+    simulated = [simulate_scan("natural", 1e5, positions, size, seed) for seed in range(scans + 1)]
+    problem = RefinementProblem(simulated[0], np.ones(simulated[0].object_shape, np.complex64), device)
+    epochs = [report.seconds for report in iterate_refinement(problem, RefinementConfig(epochs=20))]
+    reconstruct(model, simulated[0], execution=execution)  # warm-up (allocator, cuFFT plans)
+    per_scan = []
+    for scan in simulated[1:]:
+        synchronize(device)
+        tick = time.perf_counter()
+        reconstruct(model, scan, execution=execution)
+        synchronize(device)
+        per_scan.append(time.perf_counter() - tick)
+    return {
+        "N": size, "patterns": positions, "model": "shipped" if model is not None else "none (refinement from flat)",
+        "refinement_s_per_epoch": (epochs[-1] - epochs[4]) / 15 if len(epochs) == 20 else float("nan"),
+        "refinement_epochs_default": RefinementConfig().epochs, "seconds_per_scan": per_scan,
+        "scans_per_minute": 60.0 / float(np.median(per_scan)),
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cuda", "cpu"))
@@ -163,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--lightning", action=argparse.BooleanOptionalAction, default=True, help="also time one Lightning epoch")
     parser.add_argument("--lightning-patterns", type=int, default=1024)
+    parser.add_argument(
+        "--reconstruct", action=argparse.BooleanOptionalAction, default=True,
+        help="also time refinement per epoch and whole reconstructions per scan (streaming throughput)",
+    )  # fmt: skip
+    parser.add_argument("--reconstruct-scans", type=int, default=3)
     parser.add_argument("--lightning-batch", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
     args = parser.parse_args(argv)
@@ -246,6 +282,26 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"Lightning epoch N={entry['N']} {precision}: {entry['seconds_per_epoch']:.2f} s/epoch, "
                 f"{entry['patterns_per_s']:.0f} patterns/s (first epoch {entry['seconds_first_epoch']:.1f} s)",
+                flush=True,
+            )
+    if args.reconstruct:
+        results["reconstruct"] = []
+        for size, positions in ((32, 144),) if args.quick else ((64, 576), (128, 576)):
+            if time.perf_counter() - started > args.budget_s:
+                results["skipped"].append(f"reconstruct N={size}")
+                continue
+            try:
+                entry = bench_reconstruct(size, positions, device, 1 if args.quick else args.reconstruct_scans)
+            except Exception as error:
+                results["errors"].append({"config": f"reconstruct N={size}", "error": repr(error)})
+                print(f"reconstruct N={size}: FAILED {error!r}", flush=True)
+                continue
+            results["reconstruct"].append(entry)
+            save()
+            print(
+                f"Reconstruct N={size}, {positions} patterns ({entry['model']}): refinement "
+                f"{entry['refinement_s_per_epoch'] * 1e3:.1f} ms/epoch, whole scan {min(entry['seconds_per_scan']):.2f} s "
+                f"({entry['scans_per_minute']:.0f} scans/min)",
                 flush=True,
             )
     save()

@@ -48,6 +48,9 @@ def test_gpu_script_cpu_quick_mode_reports_throughputs(tmp_path: Path) -> None:
         for phase in ("inference", "training"):
             assert 0 < entry[phase]["patterns_per_s"] < 1e7, (entry["N"], phase, entry[phase])
     assert report["lightning"], "the end-to-end Lightning epoch was not timed"
+    (reconstruction,) = report["reconstruct"]  # refinement and streaming throughput
+    assert 0 < reconstruction["refinement_s_per_epoch"] < 60
+    assert len(reconstruction["seconds_per_scan"]) == 1 and reconstruction["scans_per_minute"] > 0
 
 
 @pytest.mark.skipif(not COMMITTED_GRID.exists(), reason="no committed CPU grid")

@@ -1,0 +1,172 @@
+"""Streaming throughput: how soon after a scan file arrives is its reconstruction written (issue 13).
+
+``ptychodus-pinn watch`` runs in a thread on a fresh incoming folder (its own code path: the folder
+watcher, the shipped model for the scan's N, the default refinement, ``infer``'s output files). The
+benchmark drops one simulated scan at a time into the folder (written elsewhere, then renamed in,
+as a detector pipeline would) and measures the seconds from the rename until ``OUT/NAME/object.npz``
+exists: the watcher's poll and stability wait, loading, network, refinement and writing all count.
+Each object is then scored against its truth with ``engine.metrics.compare`` and set beside pty-chi
+LSQML's final phase SSIM on the same scan (200 epochs, probe and positions fixed), run in the same
+process afterwards; the ratio is the headline (issue 13's target: ≥ 0.9× LSQML within 10 s of arrival,
+goal 5 s; N = 64, 576 patterns, 2 CPU threads).
+
+Run in the benchmark venv (``bash benchmarks/setup_bench_venv.sh`` once)::
+
+    "${BENCH_VENV:-../bench-venv}"/bin/python benchmarks/streaming_bench.py            # ~8 min on 2 cores
+    "${BENCH_VENV:-../bench-venv}"/bin/python benchmarks/streaming_bench.py --quick    # N=32, 144 patterns, no LSQML
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # scoring's BLAS threads must not steal the timed work's cores
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from ptychodus_pinn.app.cli import build_parser  # noqa: E402
+from ptychodus_pinn.app.outputs import write_json  # noqa: E402
+from ptychodus_pinn.app.watch import run_watch  # noqa: E402
+from ptychodus_pinn.engine.data import save_scan  # noqa: E402
+from ptychodus_pinn.engine.metrics import compare  # noqa: E402
+from ptychodus_pinn.engine.refinement import RefinementProblem  # noqa: E402
+from ptychodus_pinn.engine.simulate import simulate_scan  # noqa: E402
+
+CASES = (("siemens", "jittered"), ("lines", "jittered"), ("natural", "jittered"), ("circuit", "spiral"), ("grains", "spiral"))
+ILLUMINATED_FRACTION = 1e-3  # as refinement_bench.py: one mask per case, the same for every method
+TARGET_RATIO, TARGET_S, GOAL_S = 0.9, 10.0, 5.0
+
+
+def illuminated(scan: Any) -> np.ndarray:
+    problem = RefinementProblem(scan, np.ones(scan.object_shape, np.complex64))
+    lit = problem.cropped(problem.illumination) > ILLUMINATED_FRACTION * float(problem.illumination.max())
+    return lit.cpu().numpy()
+
+
+def wait_for(path: Path, timeout_s: float) -> float:
+    """Seconds until ``path`` exists (polled every 10 ms), or raise after ``timeout_s``."""
+    start = time.perf_counter()
+    while not path.exists():
+        if time.perf_counter() - start > timeout_s:
+            raise TimeoutError(f"{path} did not appear within {timeout_s:.0f} s")
+        time.sleep(0.01)
+    return time.perf_counter() - start
+
+
+def stream(scans: list[tuple[str, Any]], work: Path, poll_interval_s: float, threads: int) -> list[dict[str, Any]]:
+    """Start ``watch`` on an empty folder, drop the scans in one at a time, time each to its object.npz."""
+    incoming, out, staging = work / "incoming", work / "out", work / "staging"
+    for folder in (incoming, out, staging):
+        folder.mkdir(parents=True)
+    arguments = build_parser().parse_args(
+        ["watch", str(incoming), "--out", str(out), "--poll-interval", str(poll_interval_s), "--accelerator", "cpu"]
+    )
+    stop = threading.Event()
+    watcher = threading.Thread(target=run_watch, args=(arguments, stop), daemon=True)
+    torch.set_num_threads(threads)
+    watcher.start()
+    rows = []
+    try:
+        for name, scan in scans:
+            staged = save_scan(scan, staging / f"{name}.npz")
+            arrived = incoming / staged.name
+            os.replace(staged, arrived)  # arrives whole, as a detector pipeline's rename would
+            seconds = wait_for(out / name / "object.npz", timeout_s=600)
+            rows.append({"name": name, "arrival_to_object_s": seconds, "object_file": str(out / name / "object.npz")})
+            print(f"  {name}: written {seconds:.2f} s after arrival", flush=True)
+    finally:
+        stop.set()
+        watcher.join(timeout=60)
+    return rows
+
+
+def lsqml_final(scan: Any, lit: np.ndarray, epochs: int, threads: int) -> dict[str, Any]:
+    from ptychi_runner import run_ptychi
+
+    truth = scan.ground_truth
+    result = run_ptychi(
+        scan.patterns, scan.positions_yx_px, scan.probe, scan.object_shape, method="lsqml", epochs=epochs,
+        record_every=epochs, threads=threads, bad_pixels=scan.bad_pixels, keep_snapshots=False,
+        callback_truth=lambda obj: compare(obj, truth, lit).as_dict(),
+    )  # fmt: skip
+    final = result["records"][-1]
+    return {"phase_ssim": final["phase_ssim"], "seconds": result["total_s"], "epochs": epochs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N=32, 144 patterns, two cases, no LSQML (~1 min)")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--positions", type=int, default=576)
+    parser.add_argument("--photons", type=float, default=1e5)
+    parser.add_argument("--seed", type=int, default=11, help="simulation seed (11: as refinement_bench.py)")
+    parser.add_argument("--poll-interval", type=float, default=0.25, help="watch --poll-interval in seconds")
+    parser.add_argument("--lsqml-epochs", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--out", default=str(HERE / "results"))
+    arguments = parser.parse_args(argv)
+    if arguments.quick:
+        arguments.size, arguments.positions, arguments.lsqml_epochs = 32, 144, 0
+    cases = CASES[:2] if arguments.quick else CASES
+    name = arguments.name or ("streaming-quick" if arguments.quick else "streaming-cpu")
+    tick = time.perf_counter()
+
+    scans = []
+    for kind, path in cases:
+        scan = simulate_scan(kind, arguments.photons, arguments.positions, arguments.size, arguments.seed, path=path)
+        scans.append((f"N{arguments.size}_{kind}_{path}", scan))
+    print(f"streaming {len(scans)} scans of {arguments.positions} patterns (N={arguments.size}) through `watch`", flush=True)
+    with tempfile.TemporaryDirectory(prefix="pinn-stream-") as work:
+        rows = stream(scans, Path(work), arguments.poll_interval, arguments.threads)
+        for row, (_, scan) in zip(rows, scans, strict=True):
+            lit = illuminated(scan)
+            with np.load(row.pop("object_file")) as stored:
+                row.update(phase_ssim=compare(stored["object"], scan.ground_truth, lit).phase_ssim)
+    for row, (label, scan) in zip(rows, scans, strict=True):
+        if arguments.lsqml_epochs > 0:
+            print(f"  pty-chi LSQML on {label} ({arguments.lsqml_epochs} epochs) ...", flush=True)
+            lsqml = lsqml_final(scan, illuminated(scan), arguments.lsqml_epochs, arguments.threads)
+            row.update(lsqml_phase_ssim=lsqml["phase_ssim"], lsqml_s=lsqml["seconds"])
+            row["ratio_to_lsqml"] = row["phase_ssim"] / lsqml["phase_ssim"]
+    lines = [
+        f"Streaming through `ptychodus-pinn watch` (shipped model + default refinement), N={arguments.size}, "
+        f"{arguments.positions} patterns, {arguments.photons:g} photons, {arguments.threads} CPU threads, "
+        f"poll {arguments.poll_interval:g} s:",
+        "",
+        "| scan | arrival → object s | phase SSIM | LSQML phase SSIM (s) | ÷ LSQML |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lsqml = f"{row['lsqml_phase_ssim']:.3f} ({row['lsqml_s']:.0f} s)" if "lsqml_phase_ssim" in row else "—"
+        ratio = f"{row['ratio_to_lsqml']:.2f}" if "ratio_to_lsqml" in row else "—"
+        lines.append(f"| {row['name']} | {row['arrival_to_object_s']:.2f} | {row['phase_ssim']:.3f} | {lsqml} | {ratio} |")
+    if all("ratio_to_lsqml" in row for row in rows):
+        met = sum(row["ratio_to_lsqml"] >= TARGET_RATIO and row["arrival_to_object_s"] <= TARGET_S for row in rows)
+        goal = sum(row["ratio_to_lsqml"] >= TARGET_RATIO and row["arrival_to_object_s"] <= GOAL_S for row in rows)
+        lines += ["", f"≥ {TARGET_RATIO}× LSQML within {TARGET_S:g} s: {met} of {len(rows)}; within {GOAL_S:g} s: {goal}."]
+    table = "\n".join(lines)
+    print("\n" + table)
+    out = Path(arguments.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"settings": vars(arguments), "rows": rows, "total_s": time.perf_counter() - tick, "torch": torch.__version__}
+    write_json(results, out / f"{name}.json")
+    (out / f"{name}.md").write_text(table + "\n", encoding="utf-8")
+    print(f"\nwrote {out / name}.json|.md ({results['total_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

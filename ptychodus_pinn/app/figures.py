@@ -76,7 +76,7 @@ def save_confidence_png(phase_std_rad: np.ndarray, illuminated: np.ndarray, path
         low, high = float(finite.min()), float(finite.max())
         norm = LogNorm(vmin=low, vmax=max(high, low * 1.001))
     shown = axis.imshow(shown_values, cmap=cmap, norm=norm)
-    axis.set_title(title or "phase std lower bound (rad); grey: not illuminated", fontsize=9)
+    axis.set_title(title or "σ_φ, photon-counting bound (rad); grey: not illuminated", fontsize=9)
     axis.set_axis_off()
     figure.colorbar(shown, ax=axis, fraction=0.046, label="σ_φ (rad)")
     _save(figure, path)

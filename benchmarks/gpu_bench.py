@@ -265,20 +265,29 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{size:>4} {batch:>5} {precision:>10} {compile_mode:>7} {entry['inference']['patterns_per_s']:>12.1f} "
                       f"{entry['training']['patterns_per_s']:>12.1f} {peak / 2**20 if peak else float('nan'):>9.0f} "
                       f"{entry['inference']['warmup_s'] + entry['training']['warmup_s']:>9.1f}", flush=True)  # fmt: skip
+
+    def attempt(label: str, into: list[dict[str, Any]], measure: Any, *arguments: Any) -> dict[str, Any] | None:
+        """One optional measurement, added to ``into``: skipped past the budget, a failure recorded (the rest still run)."""
+        if time.perf_counter() - started > args.budget_s:
+            results["skipped"].append(label)
+            return None
+        try:
+            entry: dict[str, Any] = measure(*arguments)
+        except Exception as error:
+            results["errors"].append({"config": label, "error": repr(error)})
+            print(f"{label}: FAILED {error!r}", flush=True)
+            return None
+        into.append(entry)
+        save()
+        return entry
+
     if args.lightning:
         results["lightning"] = []
         for precision in args.precisions:
-            if time.perf_counter() - started > args.budget_s:
-                results["skipped"].append(f"lightning {precision}")
+            size = sizes[0] if args.quick else 64
+            entry = attempt(f"lightning {precision}", results["lightning"], bench_lightning_epoch, size, device, precision, args)
+            if entry is None:
                 continue
-            try:
-                entry = bench_lightning_epoch(sizes[0] if args.quick else 64, device, precision, args)
-            except Exception as error:
-                results["errors"].append({"config": f"lightning {precision}", "error": repr(error)})
-                print(f"lightning {precision}: FAILED {error!r}", flush=True)
-                continue
-            results["lightning"].append(entry)
-            save()
             print(
                 f"Lightning epoch N={entry['N']} {precision}: {entry['seconds_per_epoch']:.2f} s/epoch, "
                 f"{entry['patterns_per_s']:.0f} patterns/s (first epoch {entry['seconds_first_epoch']:.1f} s)",
@@ -287,17 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.reconstruct:
         results["reconstruct"] = []
         for size, positions in ((32, 144),) if args.quick else ((64, 576), (128, 576)):
-            if time.perf_counter() - started > args.budget_s:
-                results["skipped"].append(f"reconstruct N={size}")
+            scans = 1 if args.quick else args.reconstruct_scans
+            entry = attempt(f"reconstruct N={size}", results["reconstruct"], bench_reconstruct, size, positions, device, scans)
+            if entry is None:
                 continue
-            try:
-                entry = bench_reconstruct(size, positions, device, 1 if args.quick else args.reconstruct_scans)
-            except Exception as error:
-                results["errors"].append({"config": f"reconstruct N={size}", "error": repr(error)})
-                print(f"reconstruct N={size}: FAILED {error!r}", flush=True)
-                continue
-            results["reconstruct"].append(entry)
-            save()
             print(
                 f"Reconstruct N={size}, {positions} patterns ({entry['model']}): refinement "
                 f"{entry['refinement_s_per_epoch'] * 1e3:.1f} ms/epoch, whole scan {min(entry['seconds_per_scan']):.2f} s "

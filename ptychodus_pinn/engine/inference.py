@@ -22,7 +22,7 @@ from ptychodus_pinn.engine.device import (
     release_cached_memory,
     release_device_memory,
 )
-from ptychodus_pinn.engine.model import PinnModel, input_normalization_for
+from ptychodus_pinn.engine.model import PinnModel, input_normalization_for, network_input
 from ptychodus_pinn.engine.refinement import RefinementReport, RefinementResult, refine
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def predict_patches(model: PinnModel, scan: Scan, batch_size: int, device: torch
     while start < groups.shape[0]:
         batch = torch.from_numpy(scan.patterns[groups[start : start + batch_size]]).to(device)
         try:
-            patches = model.predict_patches(torch.sqrt(batch) * normalization)
+            patches = model.predict_patches(network_input(batch, normalization))
         except Exception as error:
             # out of memory: halve the batch and carry on, down to one pattern at a time
             if not is_out_of_memory(error) or batch_size == 1:

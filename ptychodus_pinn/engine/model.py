@@ -19,6 +19,11 @@ from ptychodus_pinn.engine.config import ModelConfig
 from ptychodus_pinn.engine.network import PinnGenerator
 
 
+def network_input(counts: torch.Tensor, input_normalization: torch.Tensor | float) -> torch.Tensor:
+    """The network's input for measured counts (SPEC §4): sqrt(counts) × the scan's normalisation scalar."""
+    return torch.sqrt(counts.clamp_min(0)) * input_normalization
+
+
 def input_normalization_for(mean_total_counts: float, size_px: int) -> float:
     """Scalar that makes the mean square of sqrt(counts) · scalar equal to 1 for a dataset.
 
@@ -79,7 +84,7 @@ class PinnModel(nn.Module):
         self.log_intensity_correction = nn.Parameter(torch.zeros(()), requires_grad=config.intensity_scale_trainable)
 
     def network_input(self, counts: torch.Tensor, input_normalization: torch.Tensor | float) -> torch.Tensor:
-        return torch.sqrt(counts.clamp_min(0)) * input_normalization
+        return network_input(counts, input_normalization)
 
     def predict_patches(self, network_input: torch.Tensor) -> torch.Tensor:
         return self.generator(network_input)

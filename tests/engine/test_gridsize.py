@@ -20,9 +20,10 @@ from scipy import ndimage
 from ptychodus_pinn.engine import physics
 from ptychodus_pinn.engine.config import ModelConfig, TrainingConfig
 from ptychodus_pinn.engine.data import Scan
+from ptychodus_pinn.engine.datasets import group_items, scan_constants
 from ptychodus_pinn.engine.model import PinnModel, TrainingRecord
 from ptychodus_pinn.engine.simulate import soft_disk_probe
-from ptychodus_pinn.engine.training import PinnLightningModule, group_items, scan_constants
+from ptychodus_pinn.engine.training import PinnLightningModule
 
 N = 32
 # one group of four probe positions (y = row, x = column): fractional and asymmetric, so a sign

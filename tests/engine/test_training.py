@@ -14,8 +14,9 @@ import torch
 from ptychodus_pinn.engine import training
 from ptychodus_pinn.engine.config import ExecutionConfig, ModelConfig, RunConfig, Scheduler, TrainingConfig, knobs
 from ptychodus_pinn.engine.data import ScanError
+from ptychodus_pinn.engine.datasets import spatial_split
 from ptychodus_pinn.engine.inference import reconstruct_network
-from ptychodus_pinn.engine.training import dataloader_arguments, resolve_accelerator, spatial_split, train, trainer_arguments
+from ptychodus_pinn.engine.training import dataloader_arguments, resolve_accelerator, train, trainer_arguments
 
 QUIET = {"accelerator": "cpu", "logger": "none", "enable_progress_bar": False}
 

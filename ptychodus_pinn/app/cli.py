@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from ptychodus_pinn.app.infer import INFER_OUTPUTS
+from ptychodus_pinn.app.infer import INFER_OUTPUTS, SCAN_SUFFIXES
 from ptychodus_pinn.app.outputs import write_losses_csv
 from ptychodus_pinn.engine.config import (
     ConfigError,
@@ -228,7 +228,7 @@ def _scan_files(paths: Sequence[Path]) -> list[Path]:
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in (".npz", ".h5", ".hdf5", ".cxi", ".bz2"))
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in SCAN_SUFFIXES)
             if not found:
                 raise CliError(f"{path} holds no scan files (.npz, .h5, .cxi); export training data there first")
             files.extend(found)

@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(arguments.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(arguments).items()}
+    settings["out"] = os.path.relpath(arguments.out, HERE.parent)  # no machine path in committed results
     results = {"settings": settings, "rows": rows, "total_s": time.perf_counter() - tick, "torch": torch.__version__}
     write_json(results, out / f"{name}.json")
     (out / f"{name}.md").write_text(table + "\n", encoding="utf-8")

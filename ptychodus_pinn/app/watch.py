@@ -151,9 +151,8 @@ class ScanReconstructor:
             if not self.model_path.exists():
                 raise FileNotFoundError(f"file not found: {self.model_path}")
             self._model(self.model_path)  # refused at start, not once per file
-        self._get_ready()
 
-    def _get_ready(self) -> None:
+    def get_ready(self) -> None:
         """Pay the one-time costs before the first scan arrives: the modules a scan needs and the models.
 
         Importing the reconstruction, metrics and figure modules, loading the model (the given one, else
@@ -234,6 +233,8 @@ def run_watch(arguments: argparse.Namespace, stop: threading.Event | None = None
         raise FileNotFoundError(f"folder to watch not found: {folder}" if not folder.exists() else f"{folder} is not a folder")
     check_output_folder(out, "--out")
     process = ScanReconstructor(arguments, out)
+    if not arguments.once:  # a watcher waits for scans: pay the first-scan costs now (with --once the first scan pays them)
+        process.get_ready()
     out.mkdir(parents=True, exist_ok=True)
     watcher = FolderWatcher(folder)
     summary = WatchSummary()

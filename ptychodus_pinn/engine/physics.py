@@ -377,9 +377,7 @@ def group_neighbors(
     return groups
 
 
-def merge_group_on_canvas(
-    patches: torch.Tensor, offsets_yx_px: torch.Tensor, weight: torch.Tensor, pad_px: int = 0
-) -> torch.Tensor:
+def merge_group_on_canvas(patches: torch.Tensor, offsets_yx_px: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Average a group's patches (B, C, N, N) on their shared canvas, read in each patch's own frame.
 
     Patches sit at their offsets (B, C, 2) from the group centroid; where they overlap they are
@@ -388,7 +386,6 @@ def merge_group_on_canvas(
     own content is never interpolated and each neighbour is moved once. (Moving every patch onto a
     centroid canvas and back interpolated each twice: with fractional offsets the bilinear round
     trip blurred even a lone patch, so the truth was not a fixed point of the loss; issue 10.)
-    ``pad_px`` is no longer needed and is ignored.
     """
     channels = patches.shape[-3]
     relative = offsets_yx_px.unsqueeze(-3) - offsets_yx_px.unsqueeze(-2)  # (B, C_i, C_j, 2): d_j − d_i

@@ -152,16 +152,13 @@ def learning_rate_factor(scheduler: Scheduler, epoch: int, epochs: int, warmup_e
 
 
 class PinnLightningModule(pl.LightningModule):
-    def __init__(
-        self, model: PinnModel, training: TrainingConfig, epochs: int, canvas_pad_px: int, bad_pixels: np.ndarray | None = None
-    ) -> None:
+    def __init__(self, model: PinnModel, training: TrainingConfig, epochs: int, bad_pixels: np.ndarray | None = None) -> None:
         super().__init__()
         self.model = model
         valid = None if bad_pixels is None else torch.from_numpy(~bad_pixels).float()
         self.register_buffer("valid_pixels", valid, persistent=False)
         self.optimisation = training  # learning rate and schedule (``self.training`` is torch's train/eval flag)
         self.epochs = epochs
-        self.canvas_pad_px = canvas_pad_px
         self.monitor = "train_loss"
 
     def _weight(self) -> torch.Tensor:
@@ -171,9 +168,7 @@ class PinnLightningModule(pl.LightningModule):
         patches = self.model.predict_patches(batch["input"])
         config = self.model.config
         if config.object_big and config.channels > 1:
-            patches = physics.merge_group_on_canvas(
-                patches.to(torch.complex64), batch["offsets"], self._weight(), self.canvas_pad_px
-            )
+            patches = physics.merge_group_on_canvas(patches.to(torch.complex64), batch["offsets"], self._weight())
         return patches
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -526,9 +521,7 @@ def _train_once(
     model = new_model(scans, model_config, training.batch_size)
     if initial_model is not None:
         model.generator.load_state_dict(initial_model.generator.state_dict())
-    offsets = train_set.items["offsets"]
-    canvas_pad_px = math.ceil(float(offsets.abs().max())) + 2 if model_config.channels > 1 else 0
-    module = PinnLightningModule(model, training, training.epochs, canvas_pad_px, scans[0].bad_pixels)
+    module = PinnLightningModule(model, training, training.epochs, scans[0].bad_pixels)
     has_validation = val_set is not None and len(val_set) > 0
     monitor = str(training.checkpoint_monitor or ("val_loss" if has_validation else "train_loss"))
     if monitor == "val_loss" and not has_validation:

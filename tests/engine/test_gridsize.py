@@ -87,7 +87,7 @@ def test_engine_patches_match_an_independent_bilinear_cut(group):
 def test_a_lone_patch_comes_back_unchanged_from_the_canvas(group):
     """Merging must not interpolate a patch's own content (the old centroid-canvas round trip blurred it)."""
     patch = group["engine"][:, :1]
-    merged = physics.merge_group_on_canvas(patch, torch.tensor([[[1.3, -2.6]]]), group["weight"], 6)
+    merged = physics.merge_group_on_canvas(patch, torch.tensor([[[1.3, -2.6]]]), group["weight"])
     core = lit(group["weight"], 1e-3)
     assert float((merged - patch)[..., core].abs().max()) < 1e-5
 
@@ -95,13 +95,13 @@ def test_a_lone_patch_comes_back_unchanged_from_the_canvas(group):
 @pytest.mark.parametrize("cut", ["engine", "numpy"])
 def test_a_consistent_group_is_a_fixed_point_of_the_shared_canvas(group, cut):
     patches = group[cut]
-    merged = physics.merge_group_on_canvas(patches, group["offsets"], group["weight"], 8)
+    merged = physics.merge_group_on_canvas(patches, group["offsets"], group["weight"])
     core = lit(group["weight"])
     # a neighbour moved once by a bilinear shift differs from the exact cut by ≈ f(1-f)/2 · curvature
     assert float((merged - patches)[..., core].abs().max()) < 0.06
     assert float((merged - patches)[..., core].abs().mean()) < 0.01
     # the same group with its offsets mirrored is far from a fixed point: the test sees signs
-    mirrored = physics.merge_group_on_canvas(patches, -group["offsets"], group["weight"], 8)
+    mirrored = physics.merge_group_on_canvas(patches, -group["offsets"], group["weight"])
     assert float((mirrored - patches)[..., core].abs().mean()) > 0.1
 
 
@@ -118,7 +118,7 @@ def test_counts_from_the_merged_group_equal_the_counts_simulated_from_the_object
         return float(np.abs(np.asarray(counts) - direct.numpy()).sum() / direct.numpy().sum())
 
     assert relative(numpy_counts) < 1e-3
-    merged = physics.merge_group_on_canvas(group["numpy"], group["offsets"], group["weight"], 8)
+    merged = physics.merge_group_on_canvas(group["numpy"], group["offsets"], group["weight"])
     assert relative(physics.predicted_counts(merged[0], group["probe"], SCALE)) < 0.02
 
 
@@ -132,7 +132,7 @@ def _noise_free_module(group, groups: list[list[int]]):
     gridsize = math.isqrt(len(groups[0]))
     config = ModelConfig(N=N, gridsize=gridsize, neighbor_count=3, n_filters_scale=1)
     record = TrainingRecord(constants.intensity_scale, constants.input_normalization, constants.mean_total_counts)
-    module = PinnLightningModule(PinnModel(config, scan.probe, record), TrainingConfig(), 1, 8, None)
+    module = PinnLightningModule(PinnModel(config, scan.probe, record), TrainingConfig(), 1, None)
     # the data-derived scale normalises |O|² to 1 under the probe: the truth is the object times this
     amplitude = float(np.sqrt(SCALE / constants.intensity_scale))
     return module, batch, amplitude

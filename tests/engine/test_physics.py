@@ -124,13 +124,13 @@ def test_merge_on_shared_canvas_keeps_consistent_patches_and_ties_phases():
     patches = physics.extract_patches(obj, positions, 32)[None]
     offsets = torch.from_numpy(positions - positions.mean(axis=0))[None].float()
     weight = physics.probe_weight(torch.from_numpy(soft_disk_probe(32, 8)))
-    merged = physics.merge_group_on_canvas(patches, offsets, weight, pad_px=6)
+    merged = physics.merge_group_on_canvas(patches, offsets, weight)
     core = weight > 0.1
     assert float((merged - patches)[..., core].abs().max()) < 1e-4
     # a patch with a wrong phase offset is pulled toward its neighbours
     rotated = patches.clone()
     rotated[0, 0] *= np.exp(1j * 1.0)
-    merged = physics.merge_group_on_canvas(rotated, offsets, weight, pad_px=6)
+    merged = physics.merge_group_on_canvas(rotated, offsets, weight)
     residual = torch.angle((merged[0, 0][core] * patches[0, 0][core].conj()).sum())
     assert abs(float(residual)) < 0.6
 

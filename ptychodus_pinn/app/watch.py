@@ -8,7 +8,9 @@ size and modification time are unchanged between two polls, so a half-written fi
 reconstructed is logged in one line naming it and the reason, and skipped (retried only if it
 changes); the loop goes on. ``OUT/NAME/object.npz`` marks a scan done, so a restart skips it.
 The model is loaded once: ``--model``, else the shipped model for the scan's N (once per N), else
-refinement from a flat object, as ``infer`` does. Ctrl-C stops cleanly with a summary (exit 130);
+refinement from a flat object, as ``infer`` does. With refinement starting flat (the default
+``--refine-start flat``) the network's object cannot change the result, so the network stage is
+skipped (``engine.inference.network_shapes_result``): the result comes ~2 s sooner. Ctrl-C stops cleanly with a summary (exit 130);
 ``--once`` processes what is there and exits.
 """
 
@@ -147,10 +149,19 @@ class ScanReconstructor:
         self.read_options = read_options_from(arguments)
         self.model_path = Path(arguments.model) if arguments.model else None
         self.models: dict[Path, Any] = {}
+        from ptychodus_pinn.engine.inference import network_shapes_result
+
+        self.use_network = network_shapes_result(self.refinement)
         if self.model_path is not None:
             if not self.model_path.exists():
                 raise FileNotFoundError(f"file not found: {self.model_path}")
             self._model(self.model_path)  # refused at start, not once per file
+        if not self.use_network:
+            logger.info(
+                "refinement starts from a flat object (--refine-start flat): the network cannot change the result, "
+                "so it is not run%s; --refine-start auto lets the network's object compete as the start",
+                " (--model is checked but not used)" if self.model_path is not None else "",
+            )
 
     def get_ready(self) -> None:
         """Pay the one-time costs before the first scan arrives: the modules a scan needs and the models.
@@ -166,22 +177,26 @@ class ScanReconstructor:
         from ptychodus_pinn.engine.config import SUPPORTED_PATTERN_SIZES_PX
         from ptychodus_pinn.engine.persistence import pretrained_path
 
+        if not self.use_network:
+            self._warm_up(None, min(SUPPORTED_PATTERN_SIZES_PX))
+            return
         models = (
             [self.model_path]
             if self.model_path is not None
             else list(filter(None, map(pretrained_path, SUPPORTED_PATTERN_SIZES_PX)))
         )
         for path in models:
-            self._warm_up(self._model(path))
+            model = self._model(path)
+            self._warm_up(model, model.config.N)
 
-    def _warm_up(self, model: Any) -> None:
-        """Run the model and two refinement epochs once on a tiny simulated scan (torch's first calls are slow)."""
+    def _warm_up(self, model: Any, size_px: int) -> None:
+        """Run the model (if any) and two refinement epochs once on a tiny simulated scan (torch's first calls are slow)."""
         from ptychodus_pinn.engine.config import replace
         from ptychodus_pinn.engine.inference import reconstruct
         from ptychodus_pinn.engine.simulate import simulate_scan
 
         try:
-            scan = simulate_scan("siemens", 1e5, 16, model.config.N, seed=0)
+            scan = simulate_scan("siemens", 1e5, 16, size_px, seed=0)
             reconstruct(
                 model, scan, execution=self.execution, refinement=replace(self.refinement, epochs=min(self.refinement.epochs, 2))
             )
@@ -210,7 +225,7 @@ class ScanReconstructor:
         inputs = {path: "DIR"} if self.model_path is None else {path: "DIR", self.model_path: "--model"}
         check_infer_outputs(folder, inputs)
         scan = load_scan(path, self.read_options)
-        model_path = model_path_for(scan.size_px, self.model_path, self.refinement)
+        model_path = model_path_for(scan.size_px, self.model_path, self.refinement) if self.use_network else None
         reconstruction = reconstruct(self._model(model_path), scan, execution=self.execution, refinement=self.refinement)
         write_infer_outputs(reconstruction, scan, folder, model_path)
         seconds = time.perf_counter() - started

@@ -13,7 +13,7 @@ import torch
 
 from ptychodus_pinn.engine import confidence, physics
 from ptychodus_pinn.engine import refinement as refinement_steps
-from ptychodus_pinn.engine.config import ExecutionConfig, RefinementConfig
+from ptychodus_pinn.engine.config import ExecutionConfig, RefinementConfig, RefinementStart
 from ptychodus_pinn.engine.data import Scan, ScanError
 from ptychodus_pinn.engine.device import (
     DeviceSpec,
@@ -209,6 +209,15 @@ def _refined(scan: Scan, network: Reconstruction | None, result: RefinementResul
         phase_std_rad=phase_std,
         amplitude_std=amplitude_std,
     )
+
+
+def network_shapes_result(refinement: RefinementConfig) -> bool:
+    """Whether the network's object can change the result: not when refinement runs and starts flat.
+
+    Then the network stage is only something to show while refinement runs; callers nobody watches
+    (``watch``, the streaming workflow) skip it: on a 576-pattern N = 64 scan it is ~2 of ~6 s.
+    """
+    return refinement.epochs == 0 or refinement.start is not RefinementStart.FLAT
 
 
 def reconstruct(

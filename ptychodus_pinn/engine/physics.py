@@ -26,10 +26,16 @@ def far_field(exit_wave: torch.Tensor) -> torch.Tensor:
     return torch.fft.fftshift(torch.fft.fft2(shifted, norm="ortho"), dim=(-2, -1))
 
 
+def abs2(values: torch.Tensor) -> torch.Tensor:
+    """|z|² as a real tensor of the same shape: Re² + Im², several times faster on the CPU than
+    ``abs().square()`` (a square root undone) or a sum over ``view_as_real``'s last axis (a strided reduction)."""
+    return torch.addcmul(values.real.square(), values.imag, values.imag)
+
+
 def predicted_counts(object_patches: torch.Tensor, probe: torch.Tensor, intensity_scale: torch.Tensor | float) -> torch.Tensor:
     """Expected counts ``scale * sum_p |F(O * P_p)|^2`` for patches (..., N, N) and probe modes (P, N, N)."""
     exit_waves = object_patches.unsqueeze(-3) * probe  # (..., P, N, N)
-    return intensity_scale * far_field(exit_waves).abs().square().sum(dim=-3)
+    return intensity_scale * abs2(far_field(exit_waves)).sum(dim=-3)
 
 
 def intensity_scale_from_data(mean_total_counts: float, probe: np.ndarray) -> float:
@@ -195,7 +201,7 @@ def expected_counts_on_grid(
     windows = obj.reshape(-1)[flat]
     probes = shifted_probes(probe, torch.from_numpy(fraction))
     exit_waves = windows.unsqueeze(-3) * probes
-    return intensity_scale * far_field(exit_waves).abs().square().sum(dim=-3)
+    return intensity_scale * abs2(far_field(exit_waves)).sum(dim=-3)
 
 
 def split_positions(positions_yx_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,8 @@ reason, and skipped; the stream continues.
 The worker reconstructs like the one-click "Reconstruct" entry without "Train On The Scan First":
 the model the library has loaded when the scan arrived (if its N fits), else the shipped pretrained
 model for the scan's N, else refinement alone from a flat object; then refinement with the panel's
-settings. Its product is written with ptychodus's own ``save_product``, atomically.
+settings. When Refinement Start is flat (the default) the network's object cannot change the result
+and nobody watches a stream, so the network is not run (about a third of a scan's time). Its product is written with ptychodus's own ``save_product``, atomically.
 
 ptychodus 1.7 gives file-based workflows no shutdown hook (``ModelCore.__exit__`` stops the
 watcher and the buffer only), so the worker is a daemon thread and an ``atexit`` hook stops it:
@@ -57,6 +58,7 @@ DIFFRACTION_NAME = StandardFileLayout.DIFFRACTION.value  # diffraction.h5
 OUTPUT_NAME = "product-ptychopinn.h5"  # must not match TRIGGER_NAME (Path.match from the right)
 SHIPPED_MODEL_SOURCE = "the shipped pretrained model"
 FLAT_START_SOURCE = "no network (refinement from a flat object)"
+FLAT_BY_SETTING_SOURCE = "no network (Refinement Start is flat: the network's object could not change the result)"
 STOP_TIMEOUT_S = 10.0
 
 _temp_counter = itertools.count()
@@ -291,7 +293,7 @@ class StreamingWorkflow(FileBasedWorkflow):
 
         from ptychodus_pinn.engine.config import TrainingMode
         from ptychodus_pinn.engine.device import release_device_memory
-        from ptychodus_pinn.engine.inference import reconstruct
+        from ptychodus_pinn.engine.inference import network_shapes_result, reconstruct
         from ptychodus_pinn.engine.physics import poisson_nll_floor
         from ptychodus_pinn.plugin.convert import output_product, reconstruct_input_to_scan, shown_loss
         from ptychodus_pinn.plugin.settings import settings_to_run_config
@@ -301,6 +303,8 @@ class StreamingWorkflow(FileBasedWorkflow):
         model, source = self._model_for(job, scan.size_px)
         mode = model.config.mode if model is not None else TrainingMode.PINN
         config = settings_to_run_config(job.values, N=scan.size_px, mode=mode)
+        if model is not None and not network_shapes_result(config.refinement):
+            model, source = None, FLAT_BY_SETTING_SOURCE  # nobody watches a stream: skip what only a viewer needs
         if model is None and config.refinement.epochs == 0:
             raise UnusableScanError(f"no network model for N={scan.size_px} and refinement is off (Refinement Epochs 0)")
         try:

@@ -151,3 +151,19 @@ def test_the_cli_subcommand_and_ctrl_c(tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="ptychodus_pinn.app.watch")
     assert main(["watch", str(folder), "--out", str(tmp_path / "out"), "--once", *FAST]) == 130
     assert any(line.startswith("interrupted: 0 scan(s) reconstructed") for line in watch_lines(caplog))
+
+
+@pytest.mark.parametrize("start, runs_network", [("flat", False), ("auto", True)])
+def test_the_network_runs_only_where_it_can_change_the_result(tmp_path, caplog, start, runs_network):
+    """A flat refinement start ignores the network's object, so watch does not run the network (its
+    result comes sooner); with ``--refine-start auto`` the shipped model runs and may be the start."""
+    folder, out = tmp_path / "incoming", tmp_path / "out"
+    folder.mkdir()
+    save_scan(simulate_scan("siemens", photons=1e4, n_positions=49, N=64, seed=3), folder / "s.npz")
+    caplog.set_level(logging.INFO, logger="ptychodus_pinn")
+    assert run_watch(watch_arguments(str(folder), "--out", str(out), "--once", "--refine-start", start, *FAST)) == 0
+    with np.load(out / "s" / "object.npz") as archive:
+        assert ("network_object" in archive.files) is runs_network
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(message.startswith("Network: 49 patterns") for message in messages) is runs_network
+    assert any("the network cannot change the result, so it is not run" in message for message in messages) is not runs_network

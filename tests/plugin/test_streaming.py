@@ -110,6 +110,7 @@ def test_watched_folder_stream_in_order_skipping_a_corrupt_scan(
     one product each in arrival order with the loaded model (or the shipped one where N differs); the
     corrupt one is logged by name and skipped."""
     library.model_slot.set(trained_small.model, "a test model (N=32)")  # as Load Model does
+    library.settings["refine_start"].set_value("auto")  # the network's object may be the start: the network runs
     automation = model_core.automation_core
     settings = automation.settings
     watched = tmp_path / "watched"
@@ -243,6 +244,37 @@ def test_worker_failure_is_logged_and_the_stream_continues(
     assert f"Streaming: {first} skipped: RuntimeError: CUDA out of memory" in messages
     assert not (first.parent / OUTPUT_NAME).exists()
     assert (second.parent / OUTPUT_NAME).is_file()
+
+
+def test_flat_refinement_start_runs_no_network(
+    model_core: Any,
+    library: Any,
+    workflow: StreamingWorkflow,
+    trained_small: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With Refinement Start flat (the default) the network's object cannot change the result: it is not run."""
+    import ptychodus_pinn.engine.inference as inference
+
+    real = inference.reconstruct
+    models: list[Any] = []
+
+    def recording(model: Any, *args: Any, **kwargs: Any) -> Any:
+        models.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "reconstruct", recording)
+    library.model_slot.set(trained_small.model, "a test model (N=32)")
+    assert library.settings["refine_start"].get_value() == "flat"
+    path = write_workflow_directory(tmp_path / "flat", scan_for(seed=9), "flat")
+    with caplog.at_level(logging.INFO, logger="ptychodus_pinn"):
+        workflow.execute(model_core.workflow_api, path)
+        assert workflow.wait_idle(timeout=120)
+    assert models == [None]
+    assert any("no network (Refinement Start is flat" in record.getMessage() for record in caplog.records)
+    assert phase_quality(path.parent / OUTPUT_NAME, scan_for(seed=9)).phase_ssim > PHASE_SSIM
 
 
 def test_stop_drops_the_backlog_and_writes_nothing_part_done(

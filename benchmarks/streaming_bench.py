@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             row.update(lsqml_phase_ssim=lsqml["phase_ssim"], lsqml_s=lsqml["seconds"])
             row["ratio_to_lsqml"] = row["phase_ssim"] / lsqml["phase_ssim"]
     lines = [
-        f"Streaming through `ptychodus-pinn watch` (default settings: 40 refinement epochs from a flat object, no network stage), N={arguments.size}, "
+        f"Streaming through `ptychodus-pinn watch` (default settings: 40 refinement epochs from a flat object, "
+        f"no network stage), N={arguments.size}, "
         f"{arguments.positions} patterns, {arguments.photons:g} photons, {arguments.threads} CPU threads, "
         f"poll {arguments.poll_interval:g} s:",
         "",

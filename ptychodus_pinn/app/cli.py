@@ -387,20 +387,20 @@ def command_demo(arguments: argparse.Namespace) -> int:
     return 0
 
 
-# the shipped model was trained for 40 epochs at learning rate 3e-3 (the other settings are the defaults)
-PRETRAIN_DEFAULTS = {"epochs": 40, "learning_rate": 3e-3}
+# the shipped N=64 model: app.pretrain's corpus (25 scans × 400 patterns), 16 epochs at learning rate 3e-3
+PRETRAIN_DEFAULTS = {"epochs": 16, "learning_rate": 3e-3}
 
 
 def command_pretrain(arguments: argparse.Namespace) -> int:
-    from ptychodus_pinn.app.demo import run_pretraining
     from ptychodus_pinn.app.outputs import check_output_file
+    from ptychodus_pinn.app.pretrain import run_pretraining
 
     check_output_file(Path(arguments.out), "--out")
 
     training = config_values(arguments, TrainingConfig)  # PRETRAIN_DEFAULTS unless given
     run_pretraining(
         Path(arguments.out), execution_config_from(arguments), epochs=training["epochs"], size_px=arguments.size,
-        learning_rate=training["learning_rate"],
+        learning_rate=training["learning_rate"], count=arguments.scans, n_positions=arguments.positions,
     )  # fmt: skip
     return 0
 
@@ -455,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_read_arguments(infer)
         infer.set_defaults(handler=command_infer)
 
-    from ptychodus_pinn.app.watch import add_watch_arguments, run_watch
+    from ptychodus_pinn.app.watch import add_watch_arguments, positive_integer, run_watch
 
     watch = commands.add_parser("watch", help="reconstruct every scan file that arrives in a folder (OUT/NAME/ each)")
     add_watch_arguments(watch)
@@ -470,10 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=command_demo)
 
     pretrain = commands.add_parser(
-        "pretrain", help="train the shipped starting model on simulated scans (other seeds than the demo's)"
+        "pretrain",
+        help="train the shipped starting model on a broad simulated corpus (natural images, circuits, grains, "
+        "Siemens stars, lines; several probes, paths and doses; app/pretrain.py)",
     )
     pretrain.add_argument("--out", default="resources/pretrained-n64.pinn.pt")
     pretrain.add_argument("--size", type=int, default=64)
+    pretrain.add_argument("--scans", type=positive_integer, default=25, help="corpus scans (default 25)")
+    pretrain.add_argument("--positions", type=positive_integer, default=400, help="patterns per corpus scan (default 400)")
     add_config_arguments(pretrain, TrainingConfig, "training", only=list(PRETRAIN_DEFAULTS), defaults=PRETRAIN_DEFAULTS)
     add_execution_arguments(pretrain)
     pretrain.set_defaults(handler=command_pretrain)

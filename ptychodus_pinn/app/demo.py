@@ -142,37 +142,3 @@ def run_demo(
     _print_table({name: metrics[name] for name in scans})
     print(f"wrote {out / 'metrics.json'}, {out / 'demo.png'} and {out / 'model.pinn.pt'}")
     return metrics
-
-
-PRETRAINED_SEEDS = range(100, 108)
-
-
-def pretraining_scans(size_px: int = 64, count: int = len(PRETRAINED_SEEDS)) -> list[Any]:
-    """Simulated scans of both object kinds over a range of doses, with seeds the demo never uses."""
-    scans = []
-    for index, seed in enumerate(list(PRETRAINED_SEEDS)[:count]):
-        kind = "siemens" if index % 2 == 0 else "lines"
-        photons = 10 ** (4 + 2 * (index % 4) / 3)  # 1e4 ... 1e6
-        scans.append(simulate_scan(kind, photons, 576, size_px, seed))
-    return scans
-
-
-def run_pretraining(
-    out: Path, execution: ExecutionConfig, epochs: int = 40, size_px: int = 64, learning_rate: float = 3e-3
-) -> Path:
-    """Train the shipped starting model (resources/pretrained-n64.pinn.pt) on pretraining_scans().
-
-    The shipped model was trained at learning rate 3e-3 (the other settings are the defaults).
-    """
-    model = ModelConfig(N=size_px, n_filters_scale=DemoSettings().n_filters_scale)
-    training = TrainingConfig(epochs=epochs, batch_size=16, validation_fraction=0.0, learning_rate=learning_rate)
-    config = RunConfig(model=model, training=training, execution=execution)
-
-    def report(epoch: EpochReport) -> None:
-        print(f"epoch {epoch.epoch}/{epoch.epochs} loss {epoch.train_loss:.4f} ({epoch.seconds:.0f} s)", flush=True)
-
-    result = train(pretraining_scans(size_px), config, on_epoch_end=report)
-    result.model.record.extra["pretrained_on"] = f"simulate_scan seeds {PRETRAINED_SEEDS.start}..{PRETRAINED_SEEDS.stop - 1}"
-    save_model(result.model, out)
-    print(f"wrote {out}")
-    return out

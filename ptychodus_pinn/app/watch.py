@@ -10,8 +10,8 @@ changes); the loop goes on. ``OUT/NAME/object.npz`` marks a scan done, so a rest
 The model is loaded once: ``--model``, else the shipped model for the scan's N (once per N), else
 refinement from a flat object, as ``infer`` does. With refinement starting flat (the default
 ``--refine-start flat``) the network's object cannot change the result, so the network stage is
-skipped (``engine.inference.network_shapes_result``): the result comes ~2 s sooner. Ctrl-C stops cleanly with a summary (exit 130);
-``--once`` processes what is there and exits.
+skipped (``engine.inference.network_shapes_result``): the result comes ~2 s sooner. Ctrl-C
+stops cleanly with a summary (exit 130); ``--once`` processes what is there and exits.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def _positive_integer(text: str) -> int:
+def positive_integer(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -64,7 +64,7 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--once", action="store_true", help="process the scans already in DIR, then exit")
     # tests: stop after this many looks at DIR (deterministic, no Ctrl-C needed)
-    parser.add_argument("--max-polls", type=_positive_integer, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--max-polls", type=positive_integer, default=None, help=argparse.SUPPRESS)
     add_refinement_arguments(parser)
     add_execution_arguments(parser)
     add_read_arguments(parser)

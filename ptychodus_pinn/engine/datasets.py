@@ -47,8 +47,10 @@ class GroupDataset(Dataset[dict[str, torch.Tensor]]):
         return {key: value[index] for key, value in self.items.items()}
 
 
-def group_items(scan: Scan, groups: np.ndarray, constants: ScanTensors, with_labels: bool) -> dict[str, torch.Tensor]:
-    """Tensors for groups (G, C) of one scan."""
+def group_items(
+    scan: Scan, groups: np.ndarray, constants: ScanTensors, with_labels: bool, scan_index: int = 0
+) -> dict[str, torch.Tensor]:
+    """Tensors for groups (G, C) of one scan; ``probe_index`` says whose probe lit them (``scan_probes``)."""
     counts = torch.from_numpy(scan.patterns[groups])
     positions = scan.positions_yx_px[groups]
     offsets = positions - positions.mean(axis=1, keepdims=True)
@@ -59,6 +61,7 @@ def group_items(scan: Scan, groups: np.ndarray, constants: ScanTensors, with_lab
         "offsets": torch.from_numpy(offsets.astype(np.float32)),
         "intensity_scale": torch.full((count,), constants.intensity_scale, dtype=torch.float32),
         "mean_counts": torch.full((count,), constants.mean_total_counts, dtype=torch.float32),
+        "probe_index": torch.full((count,), scan_index, dtype=torch.long),
     }
     if with_labels:
         labels_object = scan.ground_truth if scan.ground_truth is not None else scan.object_guess
@@ -67,6 +70,21 @@ def group_items(scan: Scan, groups: np.ndarray, constants: ScanTensors, with_lab
         flat = physics.extract_patches(torch.from_numpy(labels_object), positions.reshape(-1, 2), scan.size_px)
         items["labels"] = flat.reshape(count, groups.shape[1], scan.size_px, scan.size_px)
     return items
+
+
+def scan_probes(scans: Sequence[Scan]) -> torch.Tensor | None:
+    """(S, P, N, N) complex64: each training scan's probe, or None when all scans share one probe.
+
+    A corpus of scans taken with different probes (sizes, defocus) trains each pattern against the
+    probe that lit it; a model's own probe stands for all of them only when they are equal.
+    """
+    first = scans[0].probe
+    if all(scan.probe.shape == first.shape and np.array_equal(scan.probe, first) for scan in scans[1:]):
+        return None
+    shapes = {scan.probe.shape for scan in scans}
+    if len(shapes) > 1:
+        raise ScanError(f"the scans' probes have different shapes {sorted(shapes)}; train on scans with one probe model")
+    return torch.from_numpy(np.stack([np.asarray(scan.probe, np.complex64) for scan in scans]))
 
 
 def spatial_split(positions_yx_px: np.ndarray, validation_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +120,7 @@ def build_datasets(
             groups = physics.group_neighbors(
                 scan.positions_yx_px[indices], model.gridsize, model.neighbor_count, None, seed + index
             )
-            parts.append(group_items(scan, indices[groups], constants, supervised))
+            parts.append(group_items(scan, indices[groups], constants, supervised, index))
     if not train_parts:
         raise ScanError(
             f"no training groups: the scans hold too few patterns for gridsize={model.gridsize} "

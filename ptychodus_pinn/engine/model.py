@@ -89,9 +89,15 @@ class PinnModel(nn.Module):
     def predict_patches(self, network_input: torch.Tensor) -> torch.Tensor:
         return self.generator(network_input)
 
-    def expected_counts(self, patches: torch.Tensor, intensity_scale: torch.Tensor | float) -> torch.Tensor:
-        """Physics forward model, always in fp32/complex64 (mixed precision never reaches the FFT)."""
+    def expected_counts(
+        self, patches: torch.Tensor, intensity_scale: torch.Tensor | float, probe: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Physics forward model, always in fp32/complex64 (mixed precision never reaches the FFT).
+
+        ``probe``: per-item probes (B, 1, P, N, N) for patches (B, C, N, N) from scans taken with
+        different probes (training on a corpus); the model's own probe otherwise.
+        """
         device_type = patches.device.type
         with torch.autocast(device_type=device_type, enabled=False):
             scale = torch.exp(self.log_intensity_correction.float()) * intensity_scale
-            return physics.predicted_counts(patches.to(torch.complex64), self.probe, scale)
+            return physics.predicted_counts(patches.to(torch.complex64), self.probe if probe is None else probe, scale)

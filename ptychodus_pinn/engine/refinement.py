@@ -206,7 +206,7 @@ def _poisson_step_lengths(predicted: torch.Tensor, measured: torch.Tensor, xi: t
 
 def _real_inner(first: torch.Tensor, second: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """Re(Σ conj(first)·second) over ``dims`` (complex dims), without forming the complex product."""
-    real_dims = tuple(d if d >= 0 else d - 1 for d in dims) + (-1,)
+    real_dims = (*(d if d >= 0 else d - 1 for d in dims), -1)
     return (torch.view_as_real(first) * torch.view_as_real(second)).sum(dim=real_dims)
 
 

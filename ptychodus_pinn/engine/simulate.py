@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from enum import StrEnum
 
 import numpy as np
@@ -88,6 +89,9 @@ NATURAL_IMAGES = (
     "rocket",
     "clock",
 )
+# Other bundled photographs, for training corpora: a network pretrained on these has never seen the
+# natural objects the benchmarks and tests simulate (NATURAL_IMAGES).
+CORPUS_PHOTOGRAPHS = ("cat", "retina", "hubble_deep_field", "brick", "grass", "cell", "page", "text")
 
 
 @functools.lru_cache(maxsize=len(NATURAL_IMAGES))
@@ -132,11 +136,11 @@ def random_view(image: np.ndarray, shape: tuple[int, int], rng: np.random.Genera
     return _normalized(map_coordinates(source, [rows, cols], order=1, mode="nearest"))
 
 
-def natural_object(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+def natural_object(shape: tuple[int, int], rng: np.random.Generator, photographs: Sequence[str] = NATURAL_IMAGES) -> np.ndarray:
     """Amplitude in [0.5, 1] from one photograph and phase in [-1, 1] rad from another, random views."""
-    first, second = rng.choice(len(NATURAL_IMAGES), size=2, replace=False)
-    amplitude = 0.5 + 0.5 * random_view(_grey_photograph(NATURAL_IMAGES[first]), shape, rng)
-    phase = 2.0 * random_view(_grey_photograph(NATURAL_IMAGES[second]), shape, rng) - 1.0
+    first, second = rng.choice(len(photographs), size=2, replace=False)
+    amplitude = 0.5 + 0.5 * random_view(_grey_photograph(photographs[first]), shape, rng)
+    phase = 2.0 * random_view(_grey_photograph(photographs[second]), shape, rng) - 1.0
     return (amplitude * np.exp(1j * phase)).astype(np.complex64)
 
 
@@ -213,10 +217,20 @@ _OBJECT_MAKERS = {
 }
 
 
-def make_object(kind: ObjectKind | str, shape: tuple[int, int], seed: int) -> np.ndarray:
-    """The complex64 object of ``kind`` and ``shape``; the same seed gives the same object."""
+def make_object(
+    kind: ObjectKind | str, shape: tuple[int, int], seed: int, photographs: Sequence[str] | None = None
+) -> np.ndarray:
+    """The complex64 object of ``kind`` and ``shape``; the same seed gives the same object.
+
+    ``photographs``: the scikit-image photographs natural objects are drawn from (default NATURAL_IMAGES).
+    """
     rng = np.random.default_rng(seed)
-    return _OBJECT_MAKERS[ObjectKind(kind)](shape, rng)
+    kind = ObjectKind(kind)
+    if photographs is not None and kind is ObjectKind.NATURAL:
+        if len(photographs) < 2:
+            raise ValueError("natural objects need at least two photographs (amplitude and phase)")
+        return natural_object(shape, rng, tuple(photographs))
+    return _OBJECT_MAKERS[kind](shape, rng)
 
 
 def soft_disk_probe(size: int, radius_px: float, curvature_rad: float = 2.0, edge_px: float = 2.0) -> np.ndarray:
@@ -262,13 +276,16 @@ def simulate_scan(
     *,
     probe: np.ndarray | None = None,
     probe_radius_px: float | None = None,
+    probe_curvature_rad: float = 2.0,
     overlap: float = 0.7,
     path: ScanPath | str = ScanPath.JITTERED,
     bad_pixel_fraction: float = 0.0,
+    photographs: Sequence[str] | None = None,
 ) -> Scan:
     """A scan with Poisson counts of ``photons`` per pattern (on average) over a known object.
 
-    ``overlap`` is the linear overlap of neighbouring probe footprints (1 - step / diameter).
+    ``overlap`` is the linear overlap of neighbouring probe footprints (1 - step / diameter);
+    ``probe_curvature_rad`` the default probe's defocus phase at its rim (``soft_disk_probe``).
     """
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap={overlap} must be in [0, 1)")
@@ -278,12 +295,15 @@ def simulate_scan(
         raise ValueError(f"n_positions={n_positions} must be >= 1")
     rng = np.random.default_rng(seed)
     radius_px = probe_radius_px if probe_radius_px is not None else N / 4
-    probe_modes = soft_disk_probe(N, radius_px) if probe is None else np.asarray(probe, np.complex64).reshape(-1, N, N)
+    if probe is None:
+        probe_modes = soft_disk_probe(N, radius_px, probe_curvature_rad)
+    else:
+        probe_modes = np.asarray(probe, np.complex64).reshape(-1, N, N)
     step_px = max(1.0, 2 * radius_px * (1 - overlap))
     margin_px = 4
     positions = scan_positions(n_positions, step_px, path, rng) + N // 2 + margin_px
     shape = object_shape_for(positions, N, margin_px)
-    obj = make_object(object_kind, shape, seed)
+    obj = make_object(object_kind, shape, seed, photographs)
     # the engine's one forward model: exact object windows, probe shifted by the sub-pixel remainder
     scale = photons / float(np.sum(np.abs(probe_modes) ** 2))
     expected = physics.expected_counts_on_grid(torch.from_numpy(obj), torch.from_numpy(probe_modes), positions, scale)

@@ -40,7 +40,7 @@ from ptychodus_pinn.engine.config import (
     replace,
 )
 from ptychodus_pinn.engine.data import DiskFullError, Scan, ScanError, is_disk_full
-from ptychodus_pinn.engine.datasets import build_datasets, scan_constants
+from ptychodus_pinn.engine.datasets import build_datasets, scan_constants, scan_probes
 from ptychodus_pinn.engine.device import (  # the device helpers moved to device.py; still importable from here
     AcceleratorUnavailableError,  # noqa: F401
     device_spec,
@@ -152,11 +152,21 @@ def learning_rate_factor(scheduler: Scheduler, epoch: int, epochs: int, warmup_e
 
 
 class PinnLightningModule(pl.LightningModule):
-    def __init__(self, model: PinnModel, training: TrainingConfig, epochs: int, bad_pixels: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        model: PinnModel,
+        training: TrainingConfig,
+        epochs: int,
+        bad_pixels: np.ndarray | None = None,
+        probes: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         valid = None if bad_pixels is None else torch.from_numpy(~bad_pixels).float()
         self.register_buffer("valid_pixels", valid, persistent=False)
+        # each training scan's probe (datasets.scan_probes) when they differ and the probe is not trained
+        use_probes = probes is not None and not model.config.probe_trainable
+        self.register_buffer("scan_probes", probes if use_probes else None, persistent=False)
         self.optimisation = training  # learning rate and schedule (``self.training`` is torch's train/eval flag)
         self.epochs = epochs
         self.monitor = "train_loss"
@@ -179,7 +189,9 @@ class PinnLightningModule(pl.LightningModule):
             difference = (patches.to(torch.complex64) - batch["labels"]).abs() * weight
             return difference.sum(dim=(-2, -1)).mean() / weight.sum()
         scale = batch["intensity_scale"][:, None, None, None]
-        expected = self.model.expected_counts(patches, scale)
+        probes: torch.Tensor | None = self.scan_probes  # type: ignore[assignment]
+        per_item = None if probes is None else probes[batch["probe_index"]][:, None]
+        expected = self.model.expected_counts(patches, scale, per_item)
         valid: torch.Tensor | None = self.valid_pixels  # type: ignore[assignment]
         mean_counts = batch["mean_counts"][:, None]
         if config.loss is LossKind.MAE:
@@ -521,7 +533,7 @@ def _train_once(
     model = new_model(scans, model_config, training.batch_size)
     if initial_model is not None:
         model.generator.load_state_dict(initial_model.generator.state_dict())
-    module = PinnLightningModule(model, training, training.epochs, scans[0].bad_pixels)
+    module = PinnLightningModule(model, training, training.epochs, scans[0].bad_pixels, scan_probes(scans))
     has_validation = val_set is not None and len(val_set) > 0
     monitor = str(training.checkpoint_monitor or ("val_loss" if has_validation else "train_loss"))
     if monitor == "val_loss" and not has_validation:

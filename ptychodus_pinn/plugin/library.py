@@ -83,34 +83,117 @@ def _reported(action: str) -> Iterator[None]:
 
 
 class ModelSlot:
-    """The model shared by the library's reconstructors (trained, loaded or pretrained)."""
+    """The model shared by the library's reconstructors (trained, loaded or pretrained).
 
-    def __init__(self) -> None:
+    With a ``record`` file the slot outlives ptychodus: the file that holds the model in use (loaded,
+    saved, or trained in the GUI and kept under :data:`TRAINED_MODELS_DIR`) is written there, and the
+    next session's slot loads it on first use. The shipped model is never recorded (it is the default).
+    """
+
+    def __init__(self, record: Path | None = None) -> None:
         self._lock = threading.Lock()
         self._model: Any | None = None
         self.source = ""
         self.observers: list[Callable[[], None]] = []
+        self.record = record
+        self._pending: Path | None = _recorded_model_path(record) if record is not None else None
 
     def get(self) -> Any | None:
         with self._lock:
+            pending, self._pending = self._pending, None
+            if pending is not None and self._model is None:
+                self._model, self.source = _restore(pending, self.record)
             return self._model
 
-    def set(self, model: Any | None, source: str) -> None:
+    def set(self, model: Any | None, source: str, *, file: Path | None = None) -> None:
+        """Put ``model`` in the slot; ``file`` (the model's file on disk) makes it the one the next session uses."""
         with self._lock:
+            self._pending = None
             self._model = model
             self.source = source if model is not None else ""
+        if self.record is not None and (file is not None or model is None):
+            _write_record(self.record, file)
         for observer in list(self.observers):
             try:
                 observer()
             except Exception:
                 logger.debug("model observer failed", exc_info=True)
 
+    @property
+    def pending(self) -> Path | None:
+        """The last session's model file, not loaded yet (it loads on the first :meth:`get`)."""
+        with self._lock:
+            return self._pending
+
     def describe(self) -> str:
+        pending = self.pending
+        if pending is not None:
+            return f"{pending.name} (in use when ptychodus last closed; loads on first use)"
         model = self.get()
         if model is None:
-            return "No model loaded"
+            return "No model loaded (the shipped model is used where one fits)"
         config = model.config
         return f"{self.source} (N={config.N}, gridsize={config.gridsize}, width={config.n_filters_scale}, {config.mode})"
+
+
+RECORD_NAME = "ptychopinn-current-model.json"  # in ptychodus's own folder (~/.ptychodus)
+TRAINED_MODELS_DIR = "ptychopinn-models"  # models trained in the GUI are kept here (~/.ptychodus/…)
+
+
+def default_record_path() -> Path:
+    from ptychodus.api.settings import get_ptychodus_dir
+
+    return get_ptychodus_dir() / RECORD_NAME
+
+
+def _recorded_model_path(record: Path) -> Path | None:
+    import json
+
+    try:
+        text = record.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        logger.warning("Cannot read %s (%s): starting without the last session's model", record, error)
+        return None
+    try:
+        return Path(json.loads(text)["model_file"])
+    except (ValueError, KeyError, TypeError):
+        logger.warning("%s is not a model record (delete it); starting without the last session's model", record)
+        return None
+
+
+def _restore(path: Path, record: Path | None) -> tuple[Any | None, str]:
+    from ptychodus_pinn.engine.persistence import load_model
+
+    try:
+        model = load_model(path)
+    except Exception as error:  # a moved, corrupt or foreign file never stops a reconstruction
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        logger.warning(
+            "The model in use when ptychodus last closed cannot be loaded (%s: %s); using the shipped model where one "
+            "fits. Load a model to replace it%s",
+            path,
+            first_line,
+            f", or delete {record}" if record is not None else "",
+        )
+        return None, ""
+    logger.info("Restored the model in use when ptychodus last closed: %s", path)
+    return model, f"{path.name} (from the last session)"
+
+
+def _write_record(record: Path, model_file: Path | None) -> None:
+    """Record ``model_file`` as the model in use (None: forget it); a failure is a warning, never an error."""
+    from ptychodus_pinn.app.outputs import write_json
+
+    try:
+        if model_file is None:
+            record.unlink(missing_ok=True)
+        else:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            write_json({"model_file": str(Path(model_file).resolve())}, record)
+    except OSError as error:
+        logger.warning("Cannot record the model in use in %s (%s): the next session starts without it", record, error)
 
 
 class PinnReconstructorLibrary(ReconstructorLibrary):
@@ -119,7 +202,7 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
     def __init__(self, settings_registry: SettingsRegistry, *, is_developer_mode_enabled: bool = False) -> None:
         super().__init__(LOGGER_NAME)
         self.settings = PluginSettings(settings_registry)
-        self.model_slot = ModelSlot()
+        self.model_slot = ModelSlot(default_record_path())
         self.is_developer_mode_enabled = is_developer_mode_enabled
         self._task_monitor: Any | None = None
         self._view_attached = False
@@ -172,12 +255,32 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
         if model is None:
             raise RuntimeError("No PtychoPINN (PyTorch) model to save: reconstruct, train or load one first")
         path = save_model(model, model_file_path(file_path))
+        self.model_slot.set(model, self.model_slot.source, file=path)  # the saved file is the one to come back to
         logger.info("Saved the model to %s", path)
+
+    def keep_trained_model(self, model: Any, name: str) -> Path | None:
+        """Save a model trained in the GUI beside the record (``~/.ptychodus/ptychopinn-models``), so it is the
+        next session's model too; None (with a warning) when it cannot be written: training is never lost for that."""
+        from ptychodus_pinn.engine.persistence import save_model
+
+        if self.model_slot.record is None:
+            return None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:60] or "scan"
+        path = self.model_slot.record.parent / TRAINED_MODELS_DIR / f"{safe}-N{model.config.N}-{stamp}{MODEL_FILE_EXTENSION}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return save_model(model, path)
+        except OSError as error:
+            logger.warning(
+                "Cannot keep the trained model in %s (%s): it is used in this session only; Save Model keeps it", path, error
+            )
+            return None
 
     def load_model(self, file_path: Path) -> None:
         from ptychodus_pinn.engine.persistence import load_model
 
-        self.model_slot.set(load_model(Path(file_path)), f"loaded from {Path(file_path).name}")
+        self.model_slot.set(load_model(Path(file_path)), f"loaded from {Path(file_path).name}", file=Path(file_path))
         logger.info("Loaded model %s", self.model_slot.describe())
 
     def initial_model_for(self, size_px: int) -> tuple[Any | None, str]:
@@ -309,7 +412,8 @@ class _PinnReconstructor:
         model = result.model
         losses[:] = losses_from_history(result.history, floor)
         # loaded before anything else, so Save Model works at once (after Stop too)
-        library.model_slot.set(model, f"self-supervised on {parameters.product.metadata.name}")
+        name = parameters.product.metadata.name
+        library.model_slot.set(model, f"self-supervised on {name}", file=library.keep_trained_model(model, name))
         logger.info(
             "Trained in %.1f s (best epoch %d%s)", result.seconds, result.best_epoch, ", stopped early" if result.stopped else ""
         )

@@ -147,9 +147,15 @@ class ModelActionsViewController(ParameterViewController):
         self.load_button.setToolTip("Load a model file (*.pinn.pt) written by Save Model or ptychodus-pinn train.")
         self.save_button = QPushButton("Save Model...")
         self.save_button.setToolTip("Save the current model (trained, loaded or from the last one-click run).")
+        self.forget_button = QPushButton("Use Shipped Model")
+        self.forget_button.setToolTip(
+            "Unload the current model: the shipped pretrained model is used where one fits the scan's N. The model in "
+            "use (loaded, saved or trained here) is otherwise the one the next ptychodus session starts with."
+        )
         buttons = QHBoxLayout()
         buttons.addWidget(self.load_button)
         buttons.addWidget(self.save_button)
+        buttons.addWidget(self.forget_button)
         layout = QVBoxLayout()
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self._status)
@@ -160,14 +166,18 @@ class ModelActionsViewController(ParameterViewController):
         library.model_slot.observers.append(self._signals.model_changed.emit)
         self.load_button.clicked.connect(self._load)
         self.save_button.clicked.connect(self._save)
+        self.forget_button.clicked.connect(lambda: self._library.model_slot.set(None, ""))
         self._sync()
 
     def get_widget(self) -> QWidget:
         return self._widget
 
     def _sync(self) -> None:
-        self._status.setText(f"Model: {self._library.model_slot.describe()}")
-        self.save_button.setEnabled(self._library.model_slot.get() is not None)
+        slot = self._library.model_slot
+        self._status.setText(f"Model: {slot.describe()}")
+        in_use = slot.pending is not None or slot.get() is not None  # pending first: never load just to draw
+        self.save_button.setEnabled(in_use)
+        self.forget_button.setEnabled(in_use)
 
     def _load(self) -> None:
         path, _ = self._file_dialog_factory.get_open_file_path(

@@ -170,3 +170,40 @@ def test_broken_panel_factory_leaves_ptychodus_running(qtbot: Any, tmp_path: Any
         deactivate()
         activate([reconstructor_plugin()])
         deactivate()
+
+
+def test_the_last_sessions_model_is_shown_loaded_on_use_and_can_be_dropped(
+    qtbot: Any, activated: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, trained_small: Any
+) -> None:
+    """A model recorded by an earlier session is named in the Model group without loading it; Use Shipped Model drops it."""
+    import json
+
+    from PyQt5.QtWidgets import QLabel, QPushButton
+
+    from ptychodus_pinn.engine.persistence import save_model
+    from ptychodus_pinn.plugin.activation import installed_libraries
+    from ptychodus_pinn.plugin.library import default_record_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    kept = save_model(trained_small.model, tmp_path / "earlier.pinn.pt")
+    default_record_path().parent.mkdir(parents=True)
+    default_record_path().write_text(json.dumps({"model_file": str(kept)}))
+    model, view, controller = _build_gui(qtbot)
+    try:
+        (library,) = installed_libraries(model.processing_core.processing_api)
+        combo = _algorithm_combo(view)
+        combo.setCurrentIndex(combo.findText(RECONSTRUCT))
+        combo.textActivated.emit(RECONSTRUCT)
+        panel = _current_panel(view)
+        status = [label.text() for label in panel.findChildren(QLabel) if label.text().startswith("Model: ")]
+        assert status == ["Model: earlier.pinn.pt (in use when ptychodus last closed; loads on first use)"]
+        assert library.model_slot.pending == kept  # drawing the panel loaded nothing
+        (forget,) = [button for button in panel.findChildren(QPushButton) if button.text() == "Use Shipped Model"]
+        assert forget.isEnabled()
+        forget.click()
+        qtbot.waitUntil(lambda: not forget.isEnabled())
+        assert library.model_slot.get() is None and not default_record_path().exists()
+        status = [label.text() for label in panel.findChildren(QLabel) if label.text().startswith("Model: ")]
+        assert status == ["Model: No model loaded (the shipped model is used where one fits)"]
+    finally:
+        controller._run_tasks_timer.stop()

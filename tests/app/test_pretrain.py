@@ -1,0 +1,38 @@
+"""``ptychodus-pinn pretrain``: a broad corpus, reproducible from its seeds, and a model file that loads."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ptychodus_pinn.app.cli import main
+from ptychodus_pinn.app.pretrain import CORPUS_SEED, corpus, corpus_scans
+from ptychodus_pinn.engine.persistence import load_model
+from ptychodus_pinn.engine.simulate import ObjectKind, ScanPath
+
+
+def test_the_corpus_covers_kinds_paths_probes_and_doses():
+    entries = corpus(25, 64)
+    assert {entry.kind for entry in entries} == set(ObjectKind)
+    assert {entry.path for entry in entries} == set(ScanPath)
+    assert len({entry.probe_radius_px for entry in entries}) == 3
+    assert len({entry.probe_curvature_rad for entry in entries}) == 3
+    decades = sorted(math.log10(entry.photons) for entry in entries)
+    assert decades[0] >= 3 and decades[-1] <= 7 and max(np.diff(decades)) < 0.5  # evenly spread over 10³–10⁷
+    assert min(entry.seed for entry in entries) == CORPUS_SEED >= 2000  # no test, demo or benchmark scan
+    assert len({(e.kind, e.path, e.probe_radius_px, e.probe_curvature_rad) for e in entries}) == 25
+
+
+def test_corpus_scans_are_reproducible():
+    first, second = corpus_scans(3, 32, 9), corpus_scans(3, 32, 9)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a.patterns, b.patterns)
+
+
+def test_pretrain_writes_a_model_that_names_its_corpus(tmp_path):
+    out = tmp_path / "corpus.pinn.pt"
+    argv = ["pretrain", "--out", str(out), "--size", "32", "--scans", "5", "--positions", "9", "--epochs", "1"]
+    assert main([*argv, "--accelerator", "cpu", "--no-progress-bar"]) == 0
+    model = load_model(out)
+    assert model.config.N == 32 and "5 scans × 9 patterns" in model.record.extra["pretrained_on"]

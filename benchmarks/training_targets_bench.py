@@ -10,7 +10,9 @@ alone (one forward pass, phases aligned, stitched: ``inference.reconstruct_netwo
 - ``distil``: refine-then-distil, supervised: each training scan is first refined from a flat object
   (``engine.refinement``, default 40 epochs), and the network learns pattern → refined patch
   (complex L1 weighted by the probe, the supervised loss of ``TrainingMode.SUPERVISED``);
-- ``pinn+distil``: both terms, the Poisson likelihood plus the distillation term (weight 1).
+- ``pinn+distil``: both terms, the Poisson likelihood plus the distillation term (weight 1);
+- ``pinn from shipped`` (with ``--initial-model``): ``pinn`` warm-started from a pretrained model,
+  as the GUI's Train On The Scan First does with Warm Start on; the model alone is scored too.
 
 The ground truth is never used for training, only for scoring (``metrics.compare``, illuminated
 pixels). Beside them: refinement from a flat object on the held-out scan (40 epochs; about LSQML's
@@ -54,6 +56,7 @@ from ptychodus_pinn.engine.config import (  # noqa: E402
 from ptychodus_pinn.engine.data import Scan, atomic_write  # noqa: E402
 from ptychodus_pinn.engine.inference import reconstruct_network  # noqa: E402
 from ptychodus_pinn.engine.metrics import compare  # noqa: E402
+from ptychodus_pinn.engine.persistence import load_model  # noqa: E402
 from ptychodus_pinn.engine.refinement import refine  # noqa: E402
 from ptychodus_pinn.engine.simulate import simulate_scan  # noqa: E402
 
@@ -87,10 +90,10 @@ def network_phase_ssim(model: Any, scan: Scan) -> float:
     return float(compare(network.object, scan.ground_truth, network.illuminated).phase_ssim)
 
 
-def train_with(target: str, scans: list[Scan], refined: list[Any], epochs: int, N: int) -> tuple[Any, float]:
+def train_with(target: str, scans: list[Scan], refined: list[Any], epochs: int, N: int, initial: Any = None) -> tuple[Any, float]:
     """(model, seconds) for one training target; the truth is removed from every training scan."""
-    mode = TrainingMode.PINN if target == "pinn" else TrainingMode.SUPERVISED
-    if target == "pinn":
+    mode = TrainingMode.PINN if target.startswith("pinn") and "distil" not in target else TrainingMode.SUPERVISED
+    if mode is TrainingMode.PINN:
         data = [dataclasses.replace(scan, ground_truth=None) for scan in scans]
     else:  # supervised labels come from the object guess when there is no truth: the refined object
         data = [dataclasses.replace(scan, ground_truth=None, object_guess=obj) for scan, obj in zip(scans, refined, strict=True)]
@@ -102,11 +105,13 @@ def train_with(target: str, scans: list[Scan], refined: list[Any], epochs: int, 
     context = combined_loss(1.0) if target == "pinn+distil" else contextlib.nullcontext()
     started = time.perf_counter()
     with context:
-        result = training.train(data, config)
+        result = training.train(data, config, initial_model=initial)
     return result.model, time.perf_counter() - started
 
 
-def run_kind(kind: str, path: str, N: int, positions: int, photons: float, epochs: int) -> dict[str, Any]:
+def run_kind(
+    kind: str, path: str, N: int, positions: int, photons: float, epochs: int, initial: Any = None, targets=TARGETS
+) -> dict[str, Any]:
     train_scans = [simulate_scan(kind, photons, positions, N, seed=seed, path=path) for seed in TRAIN_SEEDS]
     test = simulate_scan(kind, photons, positions, N, seed=TEST_SEED, path=path)
     started = time.perf_counter()
@@ -115,7 +120,7 @@ def run_kind(kind: str, path: str, N: int, positions: int, photons: float, epoch
     row: dict[str, Any] = {"kind": kind, "path": path, "refine_targets_s": refine_s}
     flat = refine(test, None, RefinementConfig())
     row["refinement_from_flat_phase_ssim"] = float(compare(flat.object, test.ground_truth, flat.illuminated).phase_ssim)
-    for target in TARGETS:
+    for target in targets:
         model, seconds = train_with(target, train_scans, refined, epochs, N)
         row[target] = {
             "held_out_phase_ssim": network_phase_ssim(model, test),
@@ -127,27 +132,51 @@ def run_kind(kind: str, path: str, N: int, positions: int, photons: float, epoch
             f"train scan {row[target]['train_scan_phase_ssim']:.3f}, {seconds:.0f} s",
             flush=True,
         )
+    if initial is not None:
+        row["shipped_alone"] = {"held_out_phase_ssim": network_phase_ssim(initial, test)}
+        model, seconds = train_with("pinn from shipped", train_scans, refined, epochs, N, initial)
+        row["pinn_from_shipped"] = {"held_out_phase_ssim": network_phase_ssim(model, test), "train_s": seconds}
+        print(f"  {kind}: shipped alone {row['shipped_alone']['held_out_phase_ssim']:.3f}, "
+              f"pinn from shipped {row['pinn_from_shipped']['held_out_phase_ssim']:.3f}", flush=True)  # fmt: skip
     model, seconds = train_with("pinn", [test], [], epochs, N)
     row["pinn_on_held_out_itself"] = {"held_out_phase_ssim": network_phase_ssim(model, test), "train_s": seconds}
     return row
 
 
+COLUMNS = {  # row key → column title
+    "pinn": "pinn",
+    "distil": "distil",
+    "pinn+distil": "pinn+distil",
+    "shipped_alone": "shipped model alone",
+    "pinn_from_shipped": "pinn from shipped",
+    "pinn_on_held_out_itself": "pinn trained on the held-out scan itself",
+}
+
+
 def markdown(results: dict[str, Any]) -> str:
     settings = results["settings"]
+    present = [key for key in COLUMNS if any(key in row for row in results["rows"])]
     lines = [
         f"Training targets, network alone on a held-out scan of the same kind (N={settings['N']}, {settings['positions']} "
         f"patterns, {settings['photons']:.0e} photons, width 1, {settings['epochs']} epochs on 2 scans, "
         f"{results['machine']}):",
         "",
-        "| kind | pinn | distil | pinn+distil | trained on the held-out scan itself (pinn) | refinement from flat |",
-        "|---|---|---|---|---|---|",
+        "| kind | " + " | ".join(COLUMNS[key] for key in present) + " | refinement from flat |",
+        "|---|" + "---|" * (len(present) + 1),
     ]
     for row in results["rows"]:
-        cells = [f"{row[t]['held_out_phase_ssim']:.3f} (train scan {row[t]['train_scan_phase_ssim']:.3f})" for t in TARGETS]
+        cells = []
+        for key in present:
+            entry = row.get(key)
+            if entry is None:
+                cells.append("—")
+                continue
+            cell = f"{entry['held_out_phase_ssim']:.3f}"
+            if "train_scan_phase_ssim" in entry:
+                cell += f" (train scan {entry['train_scan_phase_ssim']:.3f})"
+            cells.append(cell)
         lines.append(
-            f"| {row['kind']} ({row['path']}) | "
-            + " | ".join(cells)
-            + f" | {row['pinn_on_held_out_itself']['held_out_phase_ssim']:.3f} | {row['refinement_from_flat_phase_ssim']:.3f} |"
+            f"| {row['kind']} ({row['path']}) | " + " | ".join(cells) + f" | {row['refinement_from_flat_phase_ssim']:.3f} |"
         )
     lines += ["", "Cells: phase SSIM of the network's object on the held-out scan (on the first training scan)."]
     return "\n".join(lines) + "\n"
@@ -163,14 +192,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photons", type=float, default=1e5)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--initial-model", type=Path, default=None, help="also fine-tune this model (pinn from shipped)")
+    parser.add_argument("--skip-targets", action="store_true", help="run pinn from shipped only (with --initial-model)")
     parser.add_argument("--name", default="training-targets-cpu")
     parser.add_argument("--out", default=str(HERE / "results"))
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
+    if arguments.skip_targets and arguments.initial_model is None:
+        parser.error("--skip-targets needs --initial-model")
+    initial = None if arguments.initial_model is None else load_model(arguments.initial_model)
     rows = []
     for spec in arguments.kinds:
         kind, _, path = spec.partition(":")
-        rows.append(run_kind(kind, path or "jittered", arguments.size, arguments.positions, arguments.photons, arguments.epochs))
+        rows.append(
+            run_kind(
+                kind, path or "jittered", arguments.size, arguments.positions, arguments.photons, arguments.epochs,
+                initial, () if arguments.skip_targets else TARGETS,
+            )
+        )  # fmt: skip
     import platform
 
     results = {
@@ -180,13 +219,16 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.processor() or platform.machine()}, {arguments.threads} torch threads",
         "rows": rows,
     }  # fmt: skip
-    out = Path(arguments.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(results, out / f"{arguments.name}.json")
-    text = markdown(results)
-    atomic_write(out / f"{arguments.name}.md", lambda temporary: temporary.write_text(text))
-    print(text)
+    publish(results, markdown(results), Path(arguments.out), arguments.name)
     return 0
+
+
+def publish(results: dict[str, Any], text: str, out: Path, name: str) -> None:
+    """``out/NAME.json`` and ``out/NAME.md`` (each written atomically), and the table printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(results, out / f"{name}.json")
+    atomic_write(out / f"{name}.md", lambda temporary: temporary.write_text(text))
+    print(text)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ptychodus_pinn.app.figures import _crop, _pyplot
 from ptychodus_pinn.engine.config import ExecutionConfig, ModelConfig, RunConfig, TrainingConfig
 from ptychodus_pinn.engine.data import ReadOptions, load_scan
-from ptychodus_pinn.app.figures import _crop, _pyplot
 from ptychodus_pinn.engine.inference import reconstruct
 from ptychodus_pinn.engine.metrics import flatten_phase, frc_threshold_crossing
 from ptychodus_pinn.engine.training import train

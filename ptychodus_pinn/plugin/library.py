@@ -370,15 +370,7 @@ class _PinnReconstructor:
 
         library = self._library
         fill = values["fill_unilluminated"] == "input object"
-        initial, source = library.initial_model_for(scan.size_px) if values["warm_start"] else (None, "")
-        changes = architecture_changes(initial.config, config.model) if initial is not None else []
-        if changes:
-            logger.info(
-                "Warm start skipped: %s has another architecture than the settings; to start from it set %s",
-                source,
-                ", ".join(changes),
-            )
-            initial = None
+        initial, source = self._warm_start(scan.size_px, config, values)
         logger.info(
             "Self-supervised training on %d patterns (N=%d) for %d epochs%s, then network and refinement",
             scan.count,
@@ -469,6 +461,22 @@ class _PinnReconstructor:
                     yield output(report.snapshot(), illuminated, progress)
                     shown, last_yield_s = shown + 1, time.monotonic()
 
+    def _warm_start(self, size_px: int, config: RunConfig, values: dict[str, Any]) -> tuple[Any | None, str]:
+        """(model, how the log names it) that training starts from with Warm Start on: the loaded model, else the
+        shipped one, when its architecture fits the settings; (None, "") for training from scratch."""
+        if not values["warm_start"]:
+            return None, ""
+        initial, source = self._library.initial_model_for(size_px)
+        changes = architecture_changes(initial.config, config.model) if initial is not None else []
+        if changes:
+            logger.info(
+                "Warm start skipped: %s has another architecture than the settings; to start from it set %s",
+                source,
+                ", ".join(changes),
+            )
+            return None, ""
+        return initial, source
+
     def _run_training(self, scans: list[Any], config: RunConfig, values: dict[str, Any], **options: Any) -> Iterator[Any]:
         """Train on a worker thread (``options``: initial_model, preview); yields epoch events and the final one."""
         from ptychodus_pinn.engine.background import train_in_background
@@ -552,10 +560,19 @@ class TrainInferReconstructor(_PinnReconstructor, TrainableReconstructor):
             else:
                 scans = load_training_scans(input_path, supervised=supervised)
             config = settings_to_run_config(values, N=scans[0].size_px, mode=self._mode)
+            initial, source = self._warm_start(scans[0].size_px, config, values)
+            logger.info(
+                "%s training on %d scan(s) from %s for %d epochs, %s",
+                self._mode.value,
+                len(scans),
+                input_path,
+                config.training.epochs,
+                f"starting from {source}" if initial is not None else "from scratch",
+            )
             train_losses: list[LossValue] = []
             val_losses: list[LossValue] = []
             result = None
-            for event in self._run_training(scans, config, values):
+            for event in self._run_training(scans, config, values, initial_model=initial):
                 if isinstance(event, DoneEvent):
                     result = event.result
                     break

@@ -166,8 +166,8 @@ PLUGIN_FIELDS: tuple[Field, ...] = (
           "keeps the GUI busy well under 10 % of a run). The network's object and a first refinement preview (after ~2 s) "
           "are always shown.", minimum=1.0),
     Field(Section.PLUGIN, "warm_start", "Warm Start:", Kind.BOOL, True,
-          "With Train On The Scan First: start training from the loaded model (else the shipped pretrained one) when its "
-          "pattern size and architecture fit the settings."),
+          "Train On The Scan First and Train start from the loaded model (else the shipped pretrained one) when its "
+          "pattern size and architecture fit the settings; off: from scratch."),
     Field(Section.PLUGIN, "fill_unilluminated", "Fill Unilluminated:", Kind.CHOICE, "input object",
           "What to show where no probe position reached: the input object guess or zero.", choices=("input object", "zero")),
 )

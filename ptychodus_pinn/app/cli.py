@@ -387,8 +387,8 @@ def command_demo(arguments: argparse.Namespace) -> int:
     return 0
 
 
-# the shipped N=64 model: app.pretrain's corpus (25 scans × 400 patterns), 16 epochs at learning rate 3e-3
-PRETRAIN_DEFAULTS = {"epochs": 16, "learning_rate": 3e-3}
+# the shipped N=64 model: app.pretrain's siemens-lines corpus, 40 epochs at learning rate 3e-3
+PRETRAIN_DEFAULTS = {"epochs": 40, "learning_rate": 3e-3}
 
 
 def command_pretrain(arguments: argparse.Namespace) -> int:
@@ -400,7 +400,8 @@ def command_pretrain(arguments: argparse.Namespace) -> int:
     training = config_values(arguments, TrainingConfig)  # PRETRAIN_DEFAULTS unless given
     run_pretraining(
         Path(arguments.out), execution_config_from(arguments), epochs=training["epochs"], size_px=arguments.size,
-        learning_rate=training["learning_rate"], count=arguments.scans, n_positions=arguments.positions,
+        learning_rate=training["learning_rate"], corpus_name=arguments.corpus, count=arguments.scans,
+        n_positions=arguments.positions,
     )  # fmt: skip
     return 0
 
@@ -471,13 +472,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     pretrain = commands.add_parser(
         "pretrain",
-        help="train the shipped starting model on a broad simulated corpus (natural images, circuits, grains, "
-        "Siemens stars, lines; several probes, paths and doses; app/pretrain.py)",
+        help="train a starting model on simulated scans: the shipped model's recipe (siemens-lines) or a broad corpus "
+        "(natural images, circuits, grains, Siemens stars, lines; several probes, paths and doses; app/pretrain.py)",
     )
+    pretrain.add_argument(
+        "--corpus", choices=("siemens-lines", "broad"), default="siemens-lines",
+        help="siemens-lines: the shipped model's recipe (default); broad: the broad corpus (measured: not better, "
+        "benchmarks/results/pretrained-cpu.md)",
+    )  # fmt: skip
     pretrain.add_argument("--out", default="resources/pretrained-n64.pinn.pt")
     pretrain.add_argument("--size", type=int, default=64)
-    pretrain.add_argument("--scans", type=positive_integer, default=25, help="corpus scans (default 25)")
-    pretrain.add_argument("--positions", type=positive_integer, default=400, help="patterns per corpus scan (default 400)")
+    pretrain.add_argument("--scans", type=positive_integer, default=25, help="broad corpus: scans (default 25)")
+    pretrain.add_argument("--positions", type=positive_integer, default=400, help="broad corpus: patterns per scan (default 400)")
     add_config_arguments(pretrain, TrainingConfig, "training", only=list(PRETRAIN_DEFAULTS), defaults=PRETRAIN_DEFAULTS)
     add_execution_arguments(pretrain)
     pretrain.set_defaults(handler=command_pretrain)

@@ -1,12 +1,20 @@
-"""``ptychodus-pinn pretrain``: the shipped starting model, trained on a broad simulated corpus (issue 10).
+"""``ptychodus-pinn pretrain``: the shipped starting model and the corpora it can be trained on (issue 10).
 
-The corpus cycles through five object kinds (natural images from photographs the benchmarks never
+``siemens-lines`` (the default) is the recipe of the shipped ``resources/pretrained-n64.pinn.pt``: eight
+scans of Siemens stars and lines (seeds 100–107, 576 patterns, 10⁴–10⁶ photons, the default probe),
+40 epochs at learning rate 3e-3.
+
+``broad`` cycles through five object kinds (natural images from photographs the benchmarks never
 use, ``simulate.CORPUS_PHOTOGRAPHS``; circuit-like and granular objects; Siemens stars; lines), three
 scan paths (raster, jittered raster, spiral: sub-pixel positions), three probe sizes and three
 defoci, and a dose spread evenly in log from 10³ to 10⁷ photons per pattern. Every scan has its own
 seed (2000 + index), so none of them is a scan the tests, the demo or the benchmarks simulate
 (their seeds are below 200). Each pattern is trained against the probe that lit it
 (``datasets.scan_probes``). One probe mode throughout: the model has one probe tensor shape.
+Measured (``benchmarks/results/pretrained-cpu.md``): trained 16 epochs on 25 × 400 patterns, its
+network alone was *worse* than the shipped model's on all five unseen benchmark scans (0.16–0.91× LSQML
+against 0.28–0.92×), so it does not ship; the corpus stays for a GPU-sized run (wider network, more
+epochs) and for fine-tuning experiments.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from ptychodus_pinn.engine.persistence import save_model
 from ptychodus_pinn.engine.simulate import CORPUS_PHOTOGRAPHS, ObjectKind, ScanPath, simulate_scan
 from ptychodus_pinn.engine.training import EpochReport, train
 
+SIEMENS_LINES_SEEDS = range(100, 108)
 CORPUS_SEED = 2000
 CORPUS_KINDS = (ObjectKind.NATURAL, ObjectKind.CIRCUIT, ObjectKind.GRAINS, ObjectKind.SIEMENS, ObjectKind.LINES)
 CORPUS_PATHS = (ScanPath.RASTER, ScanPath.JITTERED, ScanPath.SPIRAL)
@@ -61,6 +70,16 @@ def corpus(count: int, size_px: int) -> list[CorpusScan]:
     return entries
 
 
+def siemens_lines_scans(size_px: int = 64) -> list[Any]:
+    """The shipped model's corpus: Siemens stars and lines over 10⁴–10⁶ photons, seeds the demo never uses."""
+    scans = []
+    for index, seed in enumerate(SIEMENS_LINES_SEEDS):
+        kind = "siemens" if index % 2 == 0 else "lines"
+        photons = 10 ** (4 + 2 * (index % 4) / 3)
+        scans.append(simulate_scan(kind, photons, 576, size_px, seed))
+    return scans
+
+
 def corpus_scans(count: int = 25, size_px: int = 64, n_positions: int = 400) -> list[Any]:
     return [
         simulate_scan(
@@ -78,29 +97,39 @@ def corpus_scans(count: int = 25, size_px: int = 64, n_positions: int = 400) -> 
     ]
 
 
+CORPORA = ("siemens-lines", "broad")
+
+
 def run_pretraining(
     out: Path,
     execution: ExecutionConfig,
-    epochs: int = 16,
+    epochs: int = 40,
     size_px: int = 64,
     learning_rate: float = 3e-3,
+    corpus_name: str = "siemens-lines",
     count: int = 25,
     n_positions: int = 400,
 ) -> Path:
-    """Train the shipped starting model (width 1, gridsize 1) on :func:`corpus_scans` and save it to ``out``."""
+    """Train a starting model (width 1, gridsize 1) on one of :data:`CORPORA` and save it to ``out``
+    (``count`` and ``n_positions`` size the ``broad`` corpus)."""
+    if corpus_name not in CORPORA:
+        raise ValueError(f"unknown corpus {corpus_name!r}; one of: {', '.join(CORPORA)}")
     model = ModelConfig(N=size_px, n_filters_scale=1)
     training = TrainingConfig(epochs=epochs, batch_size=16, validation_fraction=0.0, learning_rate=learning_rate)
     config = RunConfig(model=model, training=training, execution=execution)
-    scans = corpus_scans(count, size_px, n_positions)
+    scans = corpus_scans(count, size_px, n_positions) if corpus_name == "broad" else siemens_lines_scans(size_px)
     print(f"corpus: {len(scans)} scans, {sum(scan.count for scan in scans)} patterns of N={size_px}", flush=True)
 
     def report(epoch: EpochReport) -> None:
         print(f"epoch {epoch.epoch}/{epoch.epochs} loss {epoch.train_loss:.4f} ({epoch.seconds:.0f} s)", flush=True)
 
     result = train(scans, config, on_epoch_end=report)
+    if corpus_name == "broad":
+        described = f"{count} scans × {n_positions} patterns (seeds {CORPUS_SEED}..{CORPUS_SEED + count - 1})"
+    else:
+        described = f"{len(scans)} scans × 576 patterns (seeds {SIEMENS_LINES_SEEDS.start}..{SIEMENS_LINES_SEEDS.stop - 1})"
     result.model.record.extra["pretrained_on"] = (
-        f"app.pretrain corpus: {count} scans × {n_positions} patterns (seeds {CORPUS_SEED}..{CORPUS_SEED + count - 1}), "
-        f"{epochs} epochs, learning rate {learning_rate:g}"
+        f"app.pretrain {corpus_name} corpus: {described}, {epochs} epochs, learning rate {learning_rate:g}"
     )
     save_model(result.model, out)
     print(f"wrote {out} ({result.seconds:.0f} s)")

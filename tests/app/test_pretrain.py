@@ -32,7 +32,23 @@ def test_corpus_scans_are_reproducible():
 
 def test_pretrain_writes_a_model_that_names_its_corpus(tmp_path):
     out = tmp_path / "corpus.pinn.pt"
-    argv = ["pretrain", "--out", str(out), "--size", "32", "--scans", "5", "--positions", "9", "--epochs", "1"]
-    assert main([*argv, "--accelerator", "cpu", "--no-progress-bar"]) == 0
+    argv = ["pretrain", "--out", str(out), "--size", "32", "--corpus", "broad", "--scans", "5", "--positions", "9"]
+    assert main([*argv, "--epochs", "1", "--accelerator", "cpu", "--no-progress-bar"]) == 0
     model = load_model(out)
-    assert model.config.N == 32 and "5 scans × 9 patterns" in model.record.extra["pretrained_on"]
+    assert model.config.N == 32 and "broad corpus: 5 scans × 9 patterns" in model.record.extra["pretrained_on"]
+
+
+def test_the_shipped_models_recipe_is_the_default():
+    from ptychodus_pinn.app.cli import build_parser, config_values
+    from ptychodus_pinn.app.pretrain import siemens_lines_scans
+    from ptychodus_pinn.engine.config import TrainingConfig
+    from ptychodus_pinn.engine.persistence import pretrained_path
+
+    arguments = build_parser().parse_args(["pretrain"])
+    assert arguments.corpus == "siemens-lines"
+    assert config_values(arguments, TrainingConfig) == {"epochs": 40, "learning_rate": 3e-3}
+    scans = siemens_lines_scans(32)
+    assert [scan.metadata["object_kind"] for scan in scans[:2]] == ["siemens", "lines"] and len(scans) == 8
+    assert [scan.metadata["seed"] for scan in scans] == list(range(100, 108))
+    shipped = load_model(pretrained_path(64))
+    assert "100..107" in shipped.record.extra["pretrained_on"]

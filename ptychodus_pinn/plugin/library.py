@@ -95,8 +95,18 @@ class ModelSlot:
         self._model: Any | None = None
         self.source = ""
         self.observers: list[Callable[[], None]] = []
-        self.record = record
-        self._pending: Path | None = _recorded_model_path(record) if record is not None else None
+        self.record: Path | None = None
+        self._pending: Path | None = None
+        if record is not None:
+            self.remember_in(record)
+
+    def remember_in(self, record: Path) -> None:
+        """Keep the model in use in ``record`` from now on; an empty slot takes the recorded model (loaded on first use)."""
+        pending = _recorded_model_path(record)
+        with self._lock:
+            self.record = record
+            if self._model is None:
+                self._pending = pending
 
     def get(self) -> Any | None:
         with self._lock:
@@ -202,7 +212,7 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
     def __init__(self, settings_registry: SettingsRegistry, *, is_developer_mode_enabled: bool = False) -> None:
         super().__init__(LOGGER_NAME)
         self.settings = PluginSettings(settings_registry)
-        self.model_slot = ModelSlot(default_record_path())
+        self.model_slot = ModelSlot()  # remembers across sessions once a GUI panel is attached (attach_view)
         self.is_developer_mode_enabled = is_developer_mode_enabled
         self._task_monitor: Any | None = None
         self._view_attached = False
@@ -231,8 +241,13 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
         A panel means someone watches the products, so previews are worth their cost. Without one
         (``ptychodus -b``, scripts) ptychodus may write every yielded product to a file: a run then
         yields the network's object and the result only.
+
+        A panel also turns on the model memory (:class:`ModelSlot`): the GUI starts with the model in use when
+        it last closed. Batch mode and scripts neither read nor write that memory, so a ``ptychodus -b`` run
+        depends on its workflow directory only.
         """
         self._view_attached = True
+        self.model_slot.remember_in(default_record_path())
 
     def previews_wanted(self, values: Mapping[str, Any]) -> bool:
         """Object previews while training or refining: with a panel attached and Preview Updates on."""

@@ -33,6 +33,7 @@ def test_training_on_two_scans_of_a_kind_improves_the_network_on_the_next(model_
     lines = [simulate_scan("lines", 1e5, 128, 32, seed=40)]
     quiet = ExecutionConfig(accelerator="cpu", logger="none", enable_progress_bar=False)
     earlier = train(lines, RunConfig(ModelConfig(N=32, n_filters_scale=1), TrainingConfig(epochs=4, batch_size=16), quiet))
+    library.attach_view()  # as in the GUI: the model memory is on
     library.model_slot.set(earlier.model, "a model trained on lines")
     for key, value in {**SETTINGS, "refine_epochs": 0, "epochs": 20, "warm_start": True}.items():
         library.settings[key].set_value(value)

@@ -19,7 +19,25 @@ def same_weights(first: Any, second: Any) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
-def test_a_loaded_model_is_the_next_sessions_model(library: Any, trained_small: Any, tmp_path: Path) -> None:
+@pytest.fixture
+def gui_library(library: Any) -> Any:
+    """The library as the GUI has it: its panel attached, which turns the model memory on."""
+    library.attach_view()
+    return library
+
+
+def test_batch_mode_neither_reads_nor_writes_the_memory(library: Any, trained_small: Any, tmp_path: Path) -> None:
+    """Without a panel (``ptychodus -b``, scripts) a run depends on its inputs only, not on the last GUI session."""
+    default_record_path().parent.mkdir(parents=True, exist_ok=True)
+    default_record_path().write_text(json.dumps({"model_file": str(save_model(trained_small.model, tmp_path / "g.pinn.pt"))}))
+    assert library.model_slot.record is None and library.model_slot.get() is None
+    library.load_model(tmp_path / "g.pinn.pt")
+    library.model_slot.set(None, "")
+    assert default_record_path().exists()  # untouched
+
+
+def test_a_loaded_model_is_the_next_sessions_model(gui_library: Any, trained_small: Any, tmp_path: Path) -> None:
+    library = gui_library
     path = save_model(trained_small.model, tmp_path / "mine.pinn.pt")
     assert library.model_slot.record == default_record_path() == Path.home() / ".ptychodus" / RECORD_NAME
     library.load_model(path)
@@ -32,7 +50,8 @@ def test_a_loaded_model_is_the_next_sessions_model(library: Any, trained_small: 
     assert "mine.pinn.pt (from the last session)" in following.describe()
 
 
-def test_a_model_trained_in_the_gui_is_kept_and_recorded(library: Any, trained_small: Any) -> None:
+def test_a_model_trained_in_the_gui_is_kept_and_recorded(gui_library: Any, trained_small: Any) -> None:
+    library = gui_library
     kept = library.keep_trained_model(trained_small.model, "scan 7/b")
     assert kept is not None and kept.parent == Path.home() / ".ptychodus" / TRAINED_MODELS_DIR
     assert kept.name.startswith("scan-7-b-N32-") and kept.name.endswith(".pinn.pt")
@@ -41,14 +60,16 @@ def test_a_model_trained_in_the_gui_is_kept_and_recorded(library: Any, trained_s
     assert restored is not None and same_weights(restored, trained_small.model)
 
 
-def test_saving_makes_the_saved_file_the_one_to_come_back_to(library: Any, trained_small: Any, tmp_path: Path) -> None:
+def test_saving_makes_the_saved_file_the_one_to_come_back_to(gui_library: Any, trained_small: Any, tmp_path: Path) -> None:
+    library = gui_library
     library.model_slot.set(trained_small.model, "trained")  # in memory only: nothing recorded yet
     assert not default_record_path().exists()
     library.save_model(tmp_path / "kept")
     assert json.loads(default_record_path().read_text())["model_file"] == str((tmp_path / "kept.pinn.pt").resolve())
 
 
-def test_forgetting_returns_to_the_shipped_model(library: Any, trained_small: Any, tmp_path: Path) -> None:
+def test_forgetting_returns_to_the_shipped_model(gui_library: Any, trained_small: Any, tmp_path: Path) -> None:
+    library = gui_library
     library.load_model(save_model(trained_small.model, tmp_path / "m.pinn.pt"))
     library.model_slot.set(None, "")  # the panel's "Use Shipped Model"
     assert not default_record_path().exists()
@@ -77,8 +98,9 @@ def test_a_broken_memory_is_a_warning_and_the_shipped_model_is_used(
 
 
 def test_a_model_that_cannot_be_kept_is_a_warning_not_a_lost_training(
-    library: Any, trained_small: Any, caplog: pytest.LogCaptureFixture
+    gui_library: Any, trained_small: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
+    library = gui_library
     blocked = Path.home() / ".ptychodus" / TRAINED_MODELS_DIR
     blocked.parent.mkdir(parents=True, exist_ok=True)
     blocked.write_text("a file where the folder should be")

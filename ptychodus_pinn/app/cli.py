@@ -476,9 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(natural images, circuits, grains, Siemens stars, lines; several probes, paths and doses; app/pretrain.py)",
     )
     pretrain.add_argument(
-        "--corpus", choices=("siemens-lines", "broad"), default="siemens-lines",
-        help="siemens-lines: the shipped model's recipe (default); broad: the broad corpus (measured: not better, "
-        "benchmarks/results/pretrained-cpu.md)",
+        "--corpus", choices=("siemens-lines", "broad", "broad-one-probe"), default="siemens-lines",
+        help="siemens-lines: the shipped model's recipe (default); broad: five object kinds, three paths, probes and "
+        "defoci, 1e3-1e7 photons; broad-one-probe: the same with the default probe, 1e4-1e6 photons (measured: neither "
+        "beats the shipped model, benchmarks/results/pretrained-cpu.md)",
     )  # fmt: skip
     pretrain.add_argument("--out", default="resources/pretrained-n64.pinn.pt")
     pretrain.add_argument("--size", type=int, default=64)

@@ -14,7 +14,9 @@ seed (2000 + index), so none of them is a scan the tests, the demo or the benchm
 Measured (``benchmarks/results/pretrained-cpu.md``): trained 16 epochs on 25 × 400 patterns, its
 network alone was *worse* than the shipped model's on all five unseen benchmark scans (0.16–0.91× LSQML
 against 0.28–0.92×), so it does not ship; the corpus stays for a GPU-sized run (wider network, more
-epochs) and for fine-tuning experiments.
+epochs) and for fine-tuning experiments. ``broad-one-probe`` (the same objects and paths with the default
+probe, 10⁴–10⁶ photons) came closer: better on circuits (0.42× against 0.33×), worse on grains (0.20×
+against 0.28×), level elsewhere; not shipped either.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ CORPUS_PATHS = (ScanPath.RASTER, ScanPath.JITTERED, ScanPath.SPIRAL)
 PROBE_RADII = (0.2, 0.25, 0.3)  # × N: the probe's radius in pixels
 PROBE_CURVATURES_RAD = (1.0, 2.0, 4.0)  # defocus phase at the probe's rim
 PHOTONS_DECADES = (3.0, 7.0)
+# ``broad-one-probe``: the same objects and paths with the default probe (radius N/4, defocus 2 rad), 10⁴–10⁶ photons
+ONE_PROBE = ((0.25,), (2.0,), (4.0, 6.0))
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,11 @@ class CorpusScan:
     seed: int
 
 
-def corpus(count: int, size_px: int) -> list[CorpusScan]:
+def corpus(count: int, size_px: int, one_probe: bool = False) -> list[CorpusScan]:
     """``count`` entries; kinds, paths, probe sizes and defoci cycle with coprime periods (5, 3, 3 shifted),
-    doses are a golden-ratio sequence over the decades (evenly spread, never repeating)."""
-    low, high = PHOTONS_DECADES
+    doses are a golden-ratio sequence over the decades (evenly spread, never repeating). ``one_probe``: the
+    default probe only, over 10⁴–10⁶ photons."""
+    radii, curvatures, (low, high) = ONE_PROBE if one_probe else (PROBE_RADII, PROBE_CURVATURES_RAD, PHOTONS_DECADES)
     entries = []
     for index in range(count):
         fraction = (index * (math.sqrt(5) - 1) / 2) % 1.0
@@ -62,8 +67,8 @@ def corpus(count: int, size_px: int) -> list[CorpusScan]:
                 kind=CORPUS_KINDS[index % len(CORPUS_KINDS)],
                 path=CORPUS_PATHS[index % len(CORPUS_PATHS)],
                 photons=float(10 ** (low + (high - low) * fraction)),
-                probe_radius_px=PROBE_RADII[(index // 3) % len(PROBE_RADII)] * size_px,
-                probe_curvature_rad=PROBE_CURVATURES_RAD[(index // 9) % len(PROBE_CURVATURES_RAD)],
+                probe_radius_px=radii[(index // 3) % len(radii)] * size_px,
+                probe_curvature_rad=curvatures[(index // 9) % len(curvatures)],
                 seed=CORPUS_SEED + index,
             )
         )
@@ -80,7 +85,7 @@ def siemens_lines_scans(size_px: int = 64) -> list[Any]:
     return scans
 
 
-def corpus_scans(count: int = 25, size_px: int = 64, n_positions: int = 400) -> list[Any]:
+def corpus_scans(count: int = 25, size_px: int = 64, n_positions: int = 400, one_probe: bool = False) -> list[Any]:
     return [
         simulate_scan(
             entry.kind,
@@ -93,11 +98,11 @@ def corpus_scans(count: int = 25, size_px: int = 64, n_positions: int = 400) -> 
             probe_curvature_rad=entry.probe_curvature_rad,
             photographs=CORPUS_PHOTOGRAPHS if entry.kind is ObjectKind.NATURAL else None,
         )
-        for entry in corpus(count, size_px)
+        for entry in corpus(count, size_px, one_probe)
     ]
 
 
-CORPORA = ("siemens-lines", "broad")
+CORPORA = ("siemens-lines", "broad", "broad-one-probe")
 
 
 def run_pretraining(
@@ -117,14 +122,17 @@ def run_pretraining(
     model = ModelConfig(N=size_px, n_filters_scale=1)
     training = TrainingConfig(epochs=epochs, batch_size=16, validation_fraction=0.0, learning_rate=learning_rate)
     config = RunConfig(model=model, training=training, execution=execution)
-    scans = corpus_scans(count, size_px, n_positions) if corpus_name == "broad" else siemens_lines_scans(size_px)
+    if corpus_name == "siemens-lines":
+        scans = siemens_lines_scans(size_px)
+    else:
+        scans = corpus_scans(count, size_px, n_positions, one_probe=corpus_name == "broad-one-probe")
     print(f"corpus: {len(scans)} scans, {sum(scan.count for scan in scans)} patterns of N={size_px}", flush=True)
 
     def report(epoch: EpochReport) -> None:
         print(f"epoch {epoch.epoch}/{epoch.epochs} loss {epoch.train_loss:.4f} ({epoch.seconds:.0f} s)", flush=True)
 
     result = train(scans, config, on_epoch_end=report)
-    if corpus_name == "broad":
+    if corpus_name != "siemens-lines":
         described = f"{count} scans × {n_positions} patterns (seeds {CORPUS_SEED}..{CORPUS_SEED + count - 1})"
     else:
         described = f"{len(scans)} scans × 576 patterns (seeds {SIEMENS_LINES_SEEDS.start}..{SIEMENS_LINES_SEEDS.stop - 1})"

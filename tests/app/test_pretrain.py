@@ -24,6 +24,13 @@ def test_the_corpus_covers_kinds_paths_probes_and_doses():
     assert len({(e.kind, e.path, e.probe_radius_px, e.probe_curvature_rad) for e in entries}) == 25
 
 
+def test_the_one_probe_corpus_keeps_the_default_probe():
+    entries = corpus(25, 64, one_probe=True)
+    assert {(entry.probe_radius_px, entry.probe_curvature_rad) for entry in entries} == {(16.0, 2.0)}
+    assert 1e4 <= min(entry.photons for entry in entries) and max(entry.photons for entry in entries) <= 1e6
+    assert {entry.kind for entry in entries} == set(ObjectKind)
+
+
 def test_corpus_scans_are_reproducible():
     first, second = corpus_scans(3, 32, 9), corpus_scans(3, 32, 9)
     for a, b in zip(first, second, strict=True):

@@ -27,7 +27,7 @@ def test_the_corpus_covers_kinds_paths_probes_and_doses():
 def test_the_one_probe_corpus_keeps_the_default_probe():
     entries = corpus(25, 64, one_probe=True)
     assert {(entry.probe_radius_px, entry.probe_curvature_rad) for entry in entries} == {(16.0, 2.0)}
-    assert 1e4 <= min(entry.photons for entry in entries) and max(entry.photons for entry in entries) <= 1e6
+    assert min(entry.photons for entry in entries) >= 1e4 and max(entry.photons for entry in entries) <= 1e6
     assert {entry.kind for entry in entries} == set(ObjectKind)
 
 

@@ -135,7 +135,8 @@ def run_pretraining(
     if corpus_name != "siemens-lines":
         described = f"{count} scans × {n_positions} patterns (seeds {CORPUS_SEED}..{CORPUS_SEED + count - 1})"
     else:
-        described = f"{len(scans)} scans × 576 patterns (seeds {SIEMENS_LINES_SEEDS.start}..{SIEMENS_LINES_SEEDS.stop - 1})"
+        seeds = f"{SIEMENS_LINES_SEEDS.start}..{SIEMENS_LINES_SEEDS.stop - 1}"
+        described = f"{len(scans)} scans × {scans[0].count} patterns (seeds {seeds})"
     result.model.record.extra["pretrained_on"] = (
         f"app.pretrain {corpus_name} corpus: {described}, {epochs} epochs, learning rate {learning_rate:g}"
     )

@@ -301,11 +301,13 @@ class StreamingWorkflow(FileBasedWorkflow):
 
         started = time.perf_counter()
         scan = reconstruct_input_to_scan(job.parameters)
-        model, source = self._model_for(job, scan.size_px)
-        mode = model.config.mode if model is not None else TrainingMode.PINN
+        loaded = job.model if job.model is not None and int(job.model.config.N) == scan.size_px else None
+        mode = loaded.config.mode if loaded is not None else TrainingMode.PINN  # the shipped model's is PINN
         config = settings_to_run_config(job.values, N=scan.size_px, mode=mode)
-        if model is not None and not network_shapes_result(config.refinement):
-            model, source = None, FLAT_BY_SETTING_SOURCE  # nobody watches a stream: skip what only a viewer needs
+        if network_shapes_result(config.refinement):
+            model, source = self._model_for(job, scan.size_px)
+        else:  # nobody watches a stream: no model is copied or loaded for what only a viewer needs
+            model, source = None, FLAT_BY_SETTING_SOURCE
         if model is None and config.refinement.epochs == 0:
             raise UnusableScanError(f"no network model for N={scan.size_px} and refinement is off (Refinement Epochs 0)")
         try:

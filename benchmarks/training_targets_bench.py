@@ -6,21 +6,21 @@ probe and dose) is held out. The same narrow network (width 1, gridsize 1, the C
 on the two scans with each target, for the same epochs, and then reconstructs the held-out scan
 alone (one forward pass, phases aligned, stitched: ``inference.reconstruct_network``):
 
-- ``pinn``: the product's self-supervised Poisson likelihood of each pattern (the default);
-- ``distil``: refine-then-distil, supervised: each training scan is first refined from a flat object
-  (``engine.refinement``, default 40 epochs), and the network learns pattern → refined patch
-  (complex L1 weighted by the probe, the supervised loss of ``TrainingMode.SUPERVISED``);
-- ``pinn+distil``: both terms, the Poisson likelihood plus the distillation term (weight 1);
-- ``pinn from shipped`` (with ``--initial-model``): ``pinn`` warm-started from a pretrained model,
-  as the GUI's Train On The Scan First does with Warm Start on; the model alone is scored too.
+- ``pinn``: the product's self-supervised Poisson likelihood of each pattern;
+- ``distil``: ``TrainingMode.DISTIL`` (``engine/distillation.py``): each training scan is first refined
+  from a flat object (40 refinement epochs) and the network learns pattern → refined patch beside the
+  Poisson likelihood (weight 1); targets are refined again every ``--refresh`` epochs from the better
+  start (previous target or the network's object);
+- with ``--initial-model``: both warm-started from a pretrained model (``pinn from shipped``,
+  ``distil from shipped``), as the GUI's training does with Warm Start on; the model alone is scored too.
 
 The ground truth is never used for training, only for scoring (``metrics.compare``, illuminated
 pixels). Beside them: refinement from a flat object on the held-out scan (40 epochs; about LSQML's
 quality on these scans, 0.96–1.00× in ``results/streaming-cpu.md``), and the network trained on the
 held-out scan itself (``pinn``), the ceiling of training on what you reconstruct.
 
-The variants other than ``pinn`` are not product modes; they are measured here by swapping the
-Lightning module's loss for the duration of a run.
+An earlier run measured supervised-only distillation and distillation without refreshes by swapping
+the module's loss (git history of this file, ``docs/quality.md``).
 
 Run (project or benchmark venv; ~25 min on 2 cores)::
 
@@ -31,11 +31,9 @@ Run (project or benchmark venv; ~25 min on 2 cores)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +42,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 from ptychodus_pinn.app.outputs import write_json  # noqa: E402
-from ptychodus_pinn.engine import physics, training  # noqa: E402
+from ptychodus_pinn.engine import training  # noqa: E402
 from ptychodus_pinn.engine.config import (  # noqa: E402
     ExecutionConfig,
     ModelConfig,
@@ -60,29 +58,8 @@ from ptychodus_pinn.engine.persistence import load_model  # noqa: E402
 from ptychodus_pinn.engine.refinement import refine  # noqa: E402
 from ptychodus_pinn.engine.simulate import simulate_scan  # noqa: E402
 
-TARGETS = ("pinn", "distil", "pinn+distil")
+TARGETS = ("pinn", "distil")
 TRAIN_SEEDS, TEST_SEED = (101, 102), 103
-
-
-@contextlib.contextmanager
-def combined_loss(distil_weight: float) -> Iterator[None]:
-    """The module's loss becomes Poisson likelihood + ``distil_weight`` × the supervised term (labels needed)."""
-    original = training.PinnLightningModule.loss
-
-    def loss(self: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        patches = self.patches_for(batch)
-        weight = self._weight()
-        difference = (patches.to(torch.complex64) - batch["labels"]).abs() * weight
-        supervised = difference.sum(dim=(-2, -1)).mean() / weight.sum()
-        expected = self.model.expected_counts(patches, batch["intensity_scale"][:, None, None, None])
-        likelihood = physics.poisson_nll(expected, batch["counts"], self.valid_pixels, batch["mean_counts"][:, None])
-        return likelihood + distil_weight * supervised
-
-    training.PinnLightningModule.loss = loss  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        training.PinnLightningModule.loss = original  # type: ignore[method-assign]
 
 
 def network_phase_ssim(model: Any, scan: Scan) -> float:
@@ -90,65 +67,73 @@ def network_phase_ssim(model: Any, scan: Scan) -> float:
     return float(compare(network.object, scan.ground_truth, network.illuminated).phase_ssim)
 
 
-def train_with(target: str, scans: list[Scan], refined: list[Any], epochs: int, N: int, initial: Any = None) -> tuple[Any, float]:
-    """(model, seconds) for one training target; the truth is removed from every training scan."""
-    mode = TrainingMode.PINN if target.startswith("pinn") and "distil" not in target else TrainingMode.SUPERVISED
-    if mode is TrainingMode.PINN:
-        data = [dataclasses.replace(scan, ground_truth=None) for scan in scans]
-    else:  # supervised labels come from the object guess when there is no truth: the refined object
-        data = [dataclasses.replace(scan, ground_truth=None, object_guess=obj) for scan, obj in zip(scans, refined, strict=True)]
+def train_with(
+    target: str, scans: list[Scan], epochs: int, N: int, refresh: int, initial: Any = None, weight: float = 1.0
+) -> tuple[Any, float, dict]:
+    """(model, seconds, distillation summary) for one training target; the truth is removed from every training scan."""
+    data = [dataclasses.replace(scan, ground_truth=None) for scan in scans]
     config = RunConfig(
-        ModelConfig(N=N, n_filters_scale=1, mode=mode),
-        TrainingConfig(epochs=epochs, batch_size=16),
+        ModelConfig(N=N, n_filters_scale=1, mode=TrainingMode(target)),
+        TrainingConfig(epochs=epochs, batch_size=16, target_refresh_epochs=refresh, distil_weight=weight),
         ExecutionConfig(accelerator="cpu"),
     )
-    context = combined_loss(1.0) if target == "pinn+distil" else contextlib.nullcontext()
     started = time.perf_counter()
-    with context:
-        result = training.train(data, config, initial_model=initial)
-    return result.model, time.perf_counter() - started
+    result = training.train(data, config, initial_model=initial)
+    return result.model, time.perf_counter() - started, result.extra.get("distillation", {})
 
 
 def run_kind(
-    kind: str, path: str, N: int, positions: int, photons: float, epochs: int, initial: Any = None, targets=TARGETS
+    kind: str,
+    path: str,
+    N: int,
+    positions: int,
+    photons: float,
+    epochs: int,
+    refresh: int,
+    initial: Any = None,
+    targets: tuple[str, ...] = TARGETS,
+    weight: float = 1.0,
+    from_scratch: bool = True,
+    ceiling: bool = True,
 ) -> dict[str, Any]:
     train_scans = [simulate_scan(kind, photons, positions, N, seed=seed, path=path) for seed in TRAIN_SEEDS]
     test = simulate_scan(kind, photons, positions, N, seed=TEST_SEED, path=path)
+    row: dict[str, Any] = {"kind": kind, "path": path}
     started = time.perf_counter()
-    refined = [refine(scan, None, RefinementConfig()).object for scan in train_scans]
-    refine_s = time.perf_counter() - started
-    row: dict[str, Any] = {"kind": kind, "path": path, "refine_targets_s": refine_s}
     flat = refine(test, None, RefinementConfig())
     row["refinement_from_flat_phase_ssim"] = float(compare(flat.object, test.ground_truth, flat.illuminated).phase_ssim)
-    for target in targets:
-        model, seconds = train_with(target, train_scans, refined, epochs, N)
-        row[target] = {
-            "held_out_phase_ssim": network_phase_ssim(model, test),
-            "train_scan_phase_ssim": network_phase_ssim(model, train_scans[0]),
-            "train_s": seconds,
-        }
-        print(
-            f"  {kind}: {target}: held-out {row[target]['held_out_phase_ssim']:.3f}, "
-            f"train scan {row[target]['train_scan_phase_ssim']:.3f}, {seconds:.0f} s",
-            flush=True,
-        )
+    row["refinement_from_flat_s"] = time.perf_counter() - started
+    starts = ([("", None)] if from_scratch else []) + ([] if initial is None else [("_from_shipped", initial)])
     if initial is not None:
         row["shipped_alone"] = {"held_out_phase_ssim": network_phase_ssim(initial, test)}
-        model, seconds = train_with("pinn from shipped", train_scans, refined, epochs, N, initial)
-        row["pinn_from_shipped"] = {"held_out_phase_ssim": network_phase_ssim(model, test), "train_s": seconds}
-        print(f"  {kind}: shipped alone {row['shipped_alone']['held_out_phase_ssim']:.3f}, "
-              f"pinn from shipped {row['pinn_from_shipped']['held_out_phase_ssim']:.3f}", flush=True)  # fmt: skip
-    model, seconds = train_with("pinn", [test], [], epochs, N)
-    row["pinn_on_held_out_itself"] = {"held_out_phase_ssim": network_phase_ssim(model, test), "train_s": seconds}
+    for suffix, start in starts:
+        for target in targets:
+            model, seconds, distillation = train_with(target, train_scans, epochs, N, refresh, start, weight)
+            key = target + suffix
+            row[key] = {
+                "held_out_phase_ssim": network_phase_ssim(model, test),
+                "train_scan_phase_ssim": network_phase_ssim(model, train_scans[0]),
+                "train_s": seconds,
+            }
+            if distillation:
+                row[key]["distillation"] = distillation
+            print(
+                f"  {kind}: {key}: held-out {row[key]['held_out_phase_ssim']:.3f}, "
+                f"train scan {row[key]['train_scan_phase_ssim']:.3f}, {seconds:.0f} s",
+                flush=True,
+            )
+    if ceiling:
+        model, seconds, _ = train_with("pinn", [test], epochs, N, refresh)
+        row["pinn_on_held_out_itself"] = {"held_out_phase_ssim": network_phase_ssim(model, test), "train_s": seconds}
     return row
 
 
 COLUMNS = {  # row key → column title
     "pinn": "pinn",
     "distil": "distil",
-    "pinn+distil": "pinn+distil",
     "shipped_alone": "shipped model alone",
     "pinn_from_shipped": "pinn from shipped",
+    "distil_from_shipped": "distil from shipped",
     "pinn_on_held_out_itself": "pinn trained on the held-out scan itself",
 }
 
@@ -158,7 +143,8 @@ def markdown(results: dict[str, Any]) -> str:
     present = [key for key in COLUMNS if any(key in row for row in results["rows"])]
     lines = [
         f"Training targets, network alone on a held-out scan of the same kind (N={settings['N']}, {settings['positions']} "
-        f"patterns, {settings['photons']:.0e} photons, width 1, {settings['epochs']} epochs on 2 scans, "
+        f"patterns, {settings['photons']:.0e} photons, width 1, {settings['epochs']} epochs on 2 scans, distil targets "
+        f"refreshed every {settings['refresh']} epochs, "
         f"{results['machine']}):",
         "",
         "| kind | " + " | ".join(COLUMNS[key] for key in present) + " | refinement from flat |",
@@ -191,15 +177,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--positions", type=int, default=576)
     parser.add_argument("--photons", type=float, default=1e5)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--refresh", type=int, default=5, help="distil: refine the targets again every this many epochs")
+    parser.add_argument("--distil-weight", type=float, default=1.0, help="distil: weight of the refined-object term")
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
+    parser.add_argument("--skip-ceiling", action="store_true", help="do not train on the held-out scan itself")
+    parser.add_argument("--shipped-only", action="store_true", help="only the runs warm-started from --initial-model")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--initial-model", type=Path, default=None, help="also fine-tune this model (pinn from shipped)")
-    parser.add_argument("--skip-targets", action="store_true", help="run pinn from shipped only (with --initial-model)")
+    parser.add_argument("--initial-model", type=Path, default=None, help="also warm-start from this model")
     parser.add_argument("--name", default="training-targets-cpu")
     parser.add_argument("--out", default=str(HERE / "results"))
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
-    if arguments.skip_targets and arguments.initial_model is None:
-        parser.error("--skip-targets needs --initial-model")
+    if arguments.shipped_only and arguments.initial_model is None:
+        parser.error("--shipped-only needs --initial-model")
     initial = None if arguments.initial_model is None else load_model(arguments.initial_model)
     rows = []
     for spec in arguments.kinds:
@@ -207,14 +197,16 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             run_kind(
                 kind, path or "jittered", arguments.size, arguments.positions, arguments.photons, arguments.epochs,
-                initial, () if arguments.skip_targets else TARGETS,
+                arguments.refresh, initial, tuple(arguments.targets), arguments.distil_weight,
+                not arguments.shipped_only, not arguments.skip_ceiling,
             )
         )  # fmt: skip
     import platform
 
     results = {
         "settings": {"N": arguments.size, "positions": arguments.positions, "photons": arguments.photons,
-                     "epochs": arguments.epochs, "train_seeds": TRAIN_SEEDS, "test_seed": TEST_SEED,
+                     "epochs": arguments.epochs, "refresh": arguments.refresh,
+                     "distil_weight": arguments.distil_weight, "train_seeds": TRAIN_SEEDS, "test_seed": TEST_SEED,
                      "threads": arguments.threads},
         "machine": f"{platform.processor() or platform.machine()}, {arguments.threads} torch threads",
         "rows": rows,

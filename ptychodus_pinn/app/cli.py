@@ -148,8 +148,10 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, ExecutionConfig, "execution (how and where to run)")
 
 
-def add_refinement_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, RefinementConfig, "refinement (after the network, against every pattern)")
+def add_refinement_arguments(
+    parser: argparse.ArgumentParser, title: str = "refinement (after the network, against every pattern)"
+) -> None:
+    add_config_arguments(parser, RefinementConfig, title)
 
 
 # set by --preset (chosen by accelerator unless given) when the flag is left out
@@ -182,7 +184,7 @@ def run_config_from(arguments: argparse.Namespace, N: int) -> RunConfig:
     model, training = preset_configs(preset, N)
     model = replace(model, **config_values(arguments, ModelConfig))
     training = replace(training, **config_values(arguments, TrainingConfig))
-    return RunConfig(model=model, training=training, execution=execution)
+    return RunConfig(model=model, training=training, execution=execution, refinement=refinement_config_from(arguments))
 
 
 def config_error_message(error: ConfigError, arguments: argparse.Namespace) -> str:
@@ -442,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-dir", default=None, help="Lightning checkpoints (default OUT.checkpoints)")
     train.add_argument("--resume", action="store_true", help="resume from the last checkpoint of a killed run")
     add_training_arguments(train)
+    add_refinement_arguments(train, "refinement of each training scan (--mode distil: the network learns the refined objects)")
     add_execution_arguments(train)
     add_read_arguments(train)
     train.set_defaults(handler=command_train)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptychodus_pinn.engine.config import ExecutionConfig, ModelConfig, RunConfig, TrainingConfig
+from ptychodus_pinn.engine.config import ExecutionConfig, ModelConfig, RunConfig, TrainingConfig, TrainingMode
 from ptychodus_pinn.engine.persistence import save_model
 from ptychodus_pinn.engine.simulate import CORPUS_PHOTOGRAPHS, ObjectKind, ScanPath, simulate_scan
 from ptychodus_pinn.engine.training import EpochReport, train
@@ -119,7 +119,8 @@ def run_pretraining(
     (``count`` and ``n_positions`` size the ``broad`` corpus)."""
     if corpus_name not in CORPORA:
         raise ValueError(f"unknown corpus {corpus_name!r}; one of: {', '.join(CORPORA)}")
-    model = ModelConfig(N=size_px, n_filters_scale=1)
+    # the shipped model's recipe: self-supervised (pinn), the mode it was trained with
+    model = ModelConfig(N=size_px, n_filters_scale=1, mode=TrainingMode.PINN)
     training = TrainingConfig(epochs=epochs, batch_size=16, validation_fraction=0.0, learning_rate=learning_rate)
     config = RunConfig(model=model, training=training, execution=execution)
     if corpus_name == "siemens-lines":

@@ -87,7 +87,11 @@ class LossKind(StrEnum):
 
 
 class TrainingMode(StrEnum):
+    """What the network learns from: the counts alone (pinn), the counts plus each training scan's refined
+    object (distil: refine-then-distil, ``engine/distillation.py``), or a known object (supervised)."""
+
     PINN = "pinn"
+    DISTIL = "distil"
     SUPERVISED = "supervised"
 
 
@@ -412,8 +416,11 @@ class ModelConfig:
     probe_big: bool = field(default=True, metadata=knob("Probe Big", "Predict the full patch (off: only its central half)."))
     loss: LossKind = field(default=LossKind.POISSON, metadata=knob(
         "Loss", "Poisson negative log-likelihood of the counts (recommended) or MAE on amplitudes."))
-    mode: TrainingMode = field(default=TrainingMode.PINN, metadata=knob(
-        "Mode", "pinn trains self-supervised on the counts; supervised needs the true object of each training scan.",
+    # distil by default: measured better than pinn on the next scan of every kind (benchmarks/results/training-targets-cpu.md)
+    mode: TrainingMode = field(default=TrainingMode.DISTIL, metadata=knob(
+        "Mode",
+        "pinn trains self-supervised on the counts; distil also learns each training scan's refined object (the "
+        "refinement's answer, refreshed as training goes); supervised needs the true object of each training scan.",
         in_panel=False))
     intensity_scale_trainable: bool = field(default=False, metadata=knob(
         "Train Intensity Scale", "Learn a correction of the counts scale computed from the data."))
@@ -477,6 +484,15 @@ class TrainingConfig:
         none_means="val_loss when there is a validation split, else train_loss"))
     checkpoint_mode: CheckpointMode = field(default=CheckpointMode.MIN, metadata=knob(
         "Checkpoint Mode", "Whether the best epoch has the lowest (min) or highest (max) monitored loss."))
+    distil_weight: float = field(default=1.0, metadata=knob(
+        "Distillation Weight",
+        "Weight of the refined-object term against the counts' likelihood in distil training (mode distil).",
+        minimum=0.0, maximum=1000.0, advanced=True))
+    target_refresh_epochs: int = field(default=10, metadata=knob(
+        "Target Refresh", "Every this many epochs distil training compares the network's object on each training scan with "
+        "its target by the counts' likelihood, and refines the target again from the network's object where that fits "
+        "better.", unit="epochs", minimum=0, maximum=MAX_COUNT,
+        note="0 never refreshes", advanced=True))
     checkpoint_save_top_k: int = field(default=1, metadata=knob(
         "Checkpoints Kept", "How many best checkpoints to keep on disk; the best model is always returned.", minimum=-1,
         maximum=MAX_COUNT, note="-1 keeps all, 0 keeps none"))

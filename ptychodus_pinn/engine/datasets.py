@@ -48,9 +48,10 @@ class GroupDataset(Dataset[dict[str, torch.Tensor]]):
 
 
 def group_items(
-    scan: Scan, groups: np.ndarray, constants: ScanTensors, with_labels: bool, scan_index: int = 0
+    scan: Scan, groups: np.ndarray, constants: ScanTensors, with_labels: bool, scan_index: int = 0, with_positions: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Tensors for groups (G, C) of one scan; ``probe_index`` says whose probe lit them (``scan_probes``)."""
+    """Tensors for groups (G, C) of one scan; ``probe_index`` is the index of the training scan (whose probe lit
+    them, ``scan_probes``). ``with_positions`` keeps each pattern's position (distillation cuts its labels there)."""
     counts = torch.from_numpy(scan.patterns[groups])
     positions = scan.positions_yx_px[groups]
     offsets = positions - positions.mean(axis=1, keepdims=True)
@@ -63,6 +64,8 @@ def group_items(
         "mean_counts": torch.full((count,), constants.mean_total_counts, dtype=torch.float32),
         "probe_index": torch.full((count,), scan_index, dtype=torch.long),
     }
+    if with_positions:
+        items["positions_yx_px"] = torch.from_numpy(np.asarray(positions, np.float64))
     if with_labels:
         labels_object = scan.ground_truth if scan.ground_truth is not None else scan.object_guess
         if labels_object is None:
@@ -106,6 +109,7 @@ def build_datasets(
     scans: Sequence[Scan], model: ModelConfig, training: TrainingConfig, seed: int
 ) -> tuple[GroupDataset, GroupDataset | None]:
     supervised = model.mode is TrainingMode.SUPERVISED
+    distil = model.mode is TrainingMode.DISTIL  # labels come later, from refinement (engine/distillation.py)
     train_parts: list[dict[str, torch.Tensor]] = []
     val_parts: list[dict[str, torch.Tensor]] = []
     for index, scan in enumerate(scans):
@@ -120,7 +124,7 @@ def build_datasets(
             groups = physics.group_neighbors(
                 scan.positions_yx_px[indices], model.gridsize, model.neighbor_count, None, seed + index
             )
-            parts.append(group_items(scan, indices[groups], constants, supervised, index))
+            parts.append(group_items(scan, indices[groups], constants, supervised, index, with_positions=distil))
     if not train_parts:
         raise ScanError(
             f"no training groups: the scans hold too few patterns for gridsize={model.gridsize} "

@@ -76,7 +76,8 @@ def save_model(model: PinnModel, path: str | os.PathLike[str]) -> Path:
 
 
 def load_model(path: str | os.PathLike[str], expect: ModelConfig | None = None) -> PinnModel:
-    """Rebuild a model from its file. ``expect`` refuses a model of another N, gridsize or mode."""
+    """Rebuild a model from its file. ``expect`` refuses a model of another N or gridsize (the network's input);
+    the training mode is not checked: it says how the weights were learnt, not what they compute."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model file not found: {path}")
@@ -130,7 +131,7 @@ def load_model(path: str | os.PathLike[str], expect: ModelConfig | None = None) 
             "reconstruct NaN: retrain it (the training diverged; lower the learning rate)"
         )
     if expect is not None:
-        for name in ("N", "gridsize", "mode"):
+        for name in ("N", "gridsize"):
             if getattr(config, name) != getattr(expect, name):
                 raise ModelFileError(
                     f"{path} holds a model for {name}={getattr(config, name)!s} but {getattr(expect, name)!s} is needed; "

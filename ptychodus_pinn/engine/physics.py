@@ -87,8 +87,9 @@ def poisson_nll_floor(patterns: np.ndarray, bad_pixels: np.ndarray | None = None
 
 def loss_floor(config: ModelConfig, patterns: np.ndarray, bad_pixels: np.ndarray | None = None) -> float:
     """What the training loss of a model with ``config`` reads for a perfect fit on these patterns:
-    :func:`poisson_nll_floor` for the self-supervised Poisson loss, 0 for the others (≥ 0 already)."""
-    if config.mode is not TrainingMode.PINN or config.loss is not LossKind.POISSON:
+    :func:`poisson_nll_floor` for the losses with a Poisson term (pinn; distil adds a term ≥ 0 to it), 0 for the
+    others (≥ 0 already)."""
+    if config.mode is TrainingMode.SUPERVISED or config.loss is not LossKind.POISSON:
         return 0.0
     return poisson_nll_floor(patterns, bad_pixels)
 

@@ -270,25 +270,31 @@ def choose_start(
 
     Each candidate's amplitude is first scaled so its predicted counts match the measured ones.
     """
-    candidates: dict[RefinementStart, torch.Tensor] = {
-        RefinementStart.FLAT: problem._padded(np.ones(problem.object_shape, np.complex64))
-    }
+    objects = {RefinementStart.FLAT: np.ones(problem.object_shape, np.complex64)}
     if network_object is not None and start is not RefinementStart.FLAT:
-        candidates[RefinementStart.NETWORK] = problem._padded(network_object)
+        objects[RefinementStart.NETWORK] = network_object
+    candidates: dict[RefinementStart, torch.Tensor] = {}
     scores: dict[str, float] = {}
-    measured_total = float((problem.patterns * problem.valid).sum())
-    for name, canvas in candidates.items():
-        batches = torch.arange(problem.count, device=problem.device).split(256)
-        predicted_total = sum(float((problem.expected(canvas, batch) * problem.valid).sum()) for batch in batches)
-        if predicted_total > 0 and math.isfinite(predicted_total):
-            canvas *= math.sqrt(measured_total / predicted_total)
-        scores[name.value] = problem.nll(canvas)
+    for name, obj in objects.items():
+        candidates[name], scores[name.value] = scaled_start(problem, obj)
     if start is RefinementStart.AUTO:
         chosen = min(candidates, key=lambda name: scores[name.value] if math.isfinite(scores[name.value]) else math.inf)
     else:
         chosen = start if start in candidates else RefinementStart.FLAT
     problem.canvas = candidates[chosen]
     return chosen, scores
+
+
+def scaled_start(problem: RefinementProblem, obj: np.ndarray) -> tuple[torch.Tensor, float]:
+    """A start object on the problem's canvas, its amplitude scaled so its predicted counts match the measured
+    ones, and its dose-normalised Poisson NLL there: what starts are compared by."""
+    canvas = problem._padded(obj)
+    measured_total = float((problem.patterns * problem.valid).sum())
+    batches = torch.arange(problem.count, device=problem.device).split(256)
+    predicted_total = sum(float((problem.expected(canvas, batch) * problem.valid).sum()) for batch in batches)
+    if predicted_total > 0 and math.isfinite(predicted_total):
+        canvas *= math.sqrt(measured_total / predicted_total)
+    return canvas, problem.nll(canvas)
 
 
 RESIDUAL_BUDGET_BYTES = 256 * 2**20
@@ -510,7 +516,7 @@ def refine(
             on_epoch(report)
 
 
-def _filled(obj: np.ndarray) -> np.ndarray:
+def filled_start(obj: np.ndarray) -> np.ndarray:
     """The network's object with unlit (zero) and non-finite pixels set to its mean amplitude."""
     obj = np.asarray(obj, np.complex64)
     usable = np.isfinite(obj) & (np.abs(obj) > 0)

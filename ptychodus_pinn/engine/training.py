@@ -183,11 +183,39 @@ class PinnLightningModule(pl.LightningModule):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         patches = self.patches_for(batch)
+        mode = self.model.config.mode
+        if mode is TrainingMode.SUPERVISED:
+            return self.label_loss(patches, batch)
+        likelihood = self.likelihood_loss(patches, batch)
+        if mode is TrainingMode.DISTIL:
+            distil = self.label_loss(patches, batch, align_phase=True)
+            return likelihood + self.optimisation.distil_weight * distil
+        return likelihood
+
+    def label_loss(self, patches: torch.Tensor, batch: dict[str, torch.Tensor], align_phase: bool = False) -> torch.Tensor:
+        """Probe-weighted complex L1 between the patches and their labels (a known or a refined object).
+
+        ``align_phase``: each patch is first turned by the constant phase that best matches its label. A
+        pattern cannot tell its patch's constant phase (|F(e^{iφ}·O·P)|² does not depend on φ), so a label's
+        local phase offset, which a refined object carries from its neighbours, is nothing the network can
+        learn from the pattern; it would only blur what it can learn.
+        """
+        if "labels" not in batch:
+            raise ValueError(
+                f"mode {self.model.config.mode.value} needs labels (a known object, or the refined targets that "
+                "engine.training.train makes for distil); train through engine.training.train"
+            )
+        weight = self._weight()
+        patches, labels = patches.to(torch.complex64), batch["labels"]
+        if align_phase:
+            inner = (labels * patches.conj() * weight).sum(dim=(-2, -1), keepdim=True).detach()
+            patches = patches * (inner / inner.abs().clamp_min(1e-12))
+        difference = (patches - labels).abs() * weight
+        return difference.sum(dim=(-2, -1)).mean() / weight.sum()
+
+    def likelihood_loss(self, patches: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The counts' Poisson NLL (or amplitude MAE), each pattern against the probe that lit it."""
         config = self.model.config
-        if config.mode is TrainingMode.SUPERVISED:
-            weight = self._weight()
-            difference = (patches.to(torch.complex64) - batch["labels"]).abs() * weight
-            return difference.sum(dim=(-2, -1)).mean() / weight.sum()
         scale = batch["intensity_scale"][:, None, None, None]
         probes: torch.Tensor | None = self.scan_probes  # type: ignore[assignment]
         per_item = None if probes is None else probes[batch["probe_index"]][:, None]
@@ -485,7 +513,7 @@ def train(
         remove_stale_checkpoints(checkpoint_dir)
     batch_size = config.training.batch_size
     for attempt in range(OOM_RETRIES + 1):
-        attempt_config = RunConfig(config.model, replace(config.training, batch_size=batch_size), config.execution)
+        attempt_config = replace(config, training=replace(config.training, batch_size=batch_size))
         try:
             result = _train_once(
                 scans,
@@ -534,6 +562,16 @@ def _train_once(
     if initial_model is not None:
         model.generator.load_state_dict(initial_model.generator.state_dict())
     module = PinnLightningModule(model, training, training.epochs, scans[0].bad_pixels, scan_probes(scans))
+    distillation = None
+    if model_config.mode is TrainingMode.DISTIL:  # labels: the scans refined (engine/distillation.py)
+        from ptychodus_pinn.engine.distillation import DistillationTargets
+
+        datasets = [train_set] if val_set is None else [train_set, val_set]
+        distillation = DistillationTargets(
+            scans, datasets, config.refinement, training.target_refresh_epochs, device_spec(execution),
+            None if stop_event is None else stop_event.is_set,
+        )  # fmt: skip
+        distillation.build()
     has_validation = val_set is not None and len(val_set) > 0
     monitor = str(training.checkpoint_monitor or ("val_loss" if has_validation else "train_loss"))
     if monitor == "val_loss" and not has_validation:
@@ -553,7 +591,8 @@ def _train_once(
         fit_options["ckpt_path"] = str(resume_from)
         if "weights_only" in inspect.signature(pl.Trainer.fit).parameters:
             fit_options["weights_only"] = True  # Lightning loads it again: never with full unpickling
-    trainer = pl.Trainer(**trainer_arguments(execution, training, monitor, checkpoint_dir, [progress]))
+    callbacks: list[pl.Callback] = [progress] if distillation is None else [distillation, progress]
+    trainer = pl.Trainer(**trainer_arguments(execution, training, monitor, checkpoint_dir, callbacks))
     train_loader = DataLoader(train_set, **dataloader_arguments(execution, training.batch_size, shuffle=True))
     val_loader = (
         DataLoader(val_set, **dataloader_arguments(execution, training.batch_size, shuffle=False))
@@ -598,6 +637,10 @@ def _train_once(
             )
         module.model.record.epochs_trained = last_epoch
         module.model.to("cpu")
+        extra: dict[str, Any] = {}
+        if distillation is not None:
+            extra["distillation"] = distillation.summary()
+            module.model.record.extra["distillation_target_refreshes"] = len(distillation.refreshes)
         return TrainResult(
             model=module.model,
             history=progress.history,
@@ -607,6 +650,7 @@ def _train_once(
             is_global_zero=trainer.is_global_zero,
             checkpoint_dir=None if temporary else checkpoint_dir,
             best_checkpoint=None if temporary else best_path,
+            extra=extra,
         )
     finally:
         if torch.cuda.is_available():

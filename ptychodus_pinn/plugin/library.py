@@ -345,12 +345,16 @@ class _PinnReconstructor:
     def _setting(self, key: str) -> Any:
         return self._library.settings[key].get_value()
 
+    def _training_mode(self, values: dict[str, Any]) -> TrainingMode:
+        """The supervised entry's mode, else the panel's Training Mode (pinn or distil)."""
+        return self._mode if self._mode is TrainingMode.SUPERVISED else TrainingMode(str(values["training_mode"]))
+
     def _reconstruct(self, parameters: ReconstructInput, *, train_first: bool) -> Iterator[ReconstructOutput]:
         """Settings → configs, the network (trained on the scan first, else the library's choice), then the stages."""
         library = self._library
         values = library.settings.values()
         scan = reconstruct_input_to_scan(parameters)
-        config = settings_to_run_config(values, N=scan.size_px, mode=self._mode)
+        config = settings_to_run_config(values, N=scan.size_px, mode=self._training_mode(values))
         training_epochs = config.training.epochs if train_first else 0
         goal = training_epochs + 1 + config.refinement.epochs
         library.report_progress(0, goal)
@@ -387,7 +391,8 @@ class _PinnReconstructor:
         fill = values["fill_unilluminated"] == "input object"
         initial, source = self._warm_start(scan.size_px, config, values)
         logger.info(
-            "Self-supervised training on %d patterns (N=%d) for %d epochs%s, then network and refinement",
+            "Self-supervised (%s) training on %d patterns (N=%d) for %d epochs%s, then network and refinement",
+            config.model.mode.value,
             scan.count,
             scan.size_px,
             config.training.epochs,
@@ -574,11 +579,12 @@ class TrainInferReconstructor(_PinnReconstructor, TrainableReconstructor):
                 scans = [workflow_directory_scan(input_path, with_object=supervised)]
             else:
                 scans = load_training_scans(input_path, supervised=supervised)
-            config = settings_to_run_config(values, N=scans[0].size_px, mode=self._mode)
+            mode = self._training_mode(values)
+            config = settings_to_run_config(values, N=scans[0].size_px, mode=mode)
             initial, source = self._warm_start(scans[0].size_px, config, values)
             logger.info(
                 "%s training on %d scan(s) from %s for %d epochs, %s",
-                self._mode.value,
+                mode.value,
                 len(scans),
                 input_path,
                 config.training.epochs,
@@ -599,7 +605,7 @@ class TrainInferReconstructor(_PinnReconstructor, TrainableReconstructor):
                 yield TrainOutput(list(train_losses), list(val_losses), progress=int(report.epoch))
             if result is None:
                 return
-            self._library.model_slot.set(result.model, f"{self._mode.value} training on {input_path.name}")
+            self._library.model_slot.set(result.model, f"{mode.value} training on {input_path.name}")
             model_path.parent.mkdir(parents=True, exist_ok=True)
             self._library.save_model(model_path)
             logger.info(

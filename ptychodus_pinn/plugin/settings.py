@@ -165,6 +165,11 @@ PLUGIN_FIELDS: tuple[Field, ...] = (
           "Seconds between object previews while training or refining (each preview costs ptychodus's GUI ~0.65 s; 15 s "
           "keeps the GUI busy well under 10 % of a run). The network's object and a first refinement preview (after ~2 s) "
           "are always shown.", minimum=1.0),
+    Field(Section.PLUGIN, "training_mode", "Training Mode:", Kind.CHOICE, TrainingMode.DISTIL.value,
+          "What Train On The Scan First and Train (train+infer) learn from: pinn, the counts alone; distil, the counts "
+          "and each training scan's refined object (each scan is refined first, a few seconds per scan, and again "
+          "every Target Refresh epochs). The supervised entry always trains against the files' objects.",
+          choices=(TrainingMode.PINN.value, TrainingMode.DISTIL.value)),
     Field(Section.PLUGIN, "warm_start", "Warm Start:", Kind.BOOL, True,
           "Train On The Scan First and Train start from the loaded model (else the shipped pretrained one) when its "
           "pattern size and architecture fit the settings; off: from scratch."),
@@ -338,7 +343,7 @@ def _to_config_value(field: Field, value: Any, *, check: bool = False) -> Any:
 
 
 def settings_to_run_config(
-    values: Mapping[str, Any] | PluginSettings, *, N: int, mode: TrainingMode | str = TrainingMode.PINN
+    values: Mapping[str, Any] | PluginSettings, *, N: int, mode: TrainingMode | str = TrainingMode.DISTIL
 ) -> RunConfig:
     """The one place that turns plugin settings into engine configs; ``ValueError`` names the bad setting."""
     if isinstance(values, PluginSettings):

@@ -341,7 +341,7 @@ PANEL_GROUPS = ("Execution", "Refinement", "Training", "Model", "Advanced", "Dis
 
 
 # plugin options shown at the top of the Training group: they switch training on for the one-click entry
-TRAINING_SWITCHES = ("train_first", "warm_start")
+TRAINING_SWITCHES = ("train_first", "training_mode", "warm_start")
 
 
 def _panel_order(field: Field) -> tuple[int, int]:

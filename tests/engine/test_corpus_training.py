@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ptychodus_pinn.engine import physics
-from ptychodus_pinn.engine.config import ModelConfig, TrainingConfig
+from ptychodus_pinn.engine.config import ModelConfig, TrainingConfig, TrainingMode
 from ptychodus_pinn.engine.data import ScanError
 from ptychodus_pinn.engine.datasets import build_datasets, scan_probes
 from ptychodus_pinn.engine.simulate import (
@@ -40,7 +40,7 @@ def test_scan_probes_only_when_the_probes_differ():
 
 def test_each_pattern_is_trained_against_the_probe_that_lit_it():
     scans = two_probe_scans()
-    config = ModelConfig(N=32, n_filters_scale=1)
+    config = ModelConfig(N=32, n_filters_scale=1, mode=TrainingMode.PINN)  # the likelihood alone
     training = TrainingConfig(epochs=1, batch_size=8, validation_fraction=0.0)
     train_set, _ = build_datasets(scans, config, training, seed=0)
     model = new_model(scans, config, 8)

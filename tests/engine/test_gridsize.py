@@ -18,7 +18,7 @@ import torch
 from scipy import ndimage
 
 from ptychodus_pinn.engine import physics
-from ptychodus_pinn.engine.config import ModelConfig, TrainingConfig
+from ptychodus_pinn.engine.config import ModelConfig, TrainingConfig, TrainingMode
 from ptychodus_pinn.engine.data import Scan
 from ptychodus_pinn.engine.datasets import group_items, scan_constants
 from ptychodus_pinn.engine.model import PinnModel, TrainingRecord
@@ -130,7 +130,7 @@ def _noise_free_module(group, groups: list[list[int]]):
     constants = scan_constants(scan)
     batch = group_items(scan, np.array(groups), constants, with_labels=False)
     gridsize = math.isqrt(len(groups[0]))
-    config = ModelConfig(N=N, gridsize=gridsize, neighbor_count=3, n_filters_scale=1)
+    config = ModelConfig(N=N, gridsize=gridsize, neighbor_count=3, n_filters_scale=1, mode=TrainingMode.PINN)
     record = TrainingRecord(constants.intensity_scale, constants.input_normalization, constants.mean_total_counts)
     module = PinnLightningModule(PinnModel(config, scan.probe, record), TrainingConfig(), 1, None)
     # the data-derived scale normalises |O|² to 1 under the probe: the truth is the object times this

@@ -37,11 +37,13 @@ def test_poisson_nll_floor_is_the_loss_of_a_perfect_fit():
     assert physics.poisson_nll_floor(patterns) < physics.poisson_nll_floor(patterns, bad) < 0  # real counts: negative
 
 
-def test_loss_floor_only_for_the_self_supervised_poisson_loss():
+def test_loss_floor_only_for_losses_with_a_poisson_term():
     patterns = np.full((4, 8, 8), 5.0, np.float32)
     assert physics.loss_floor(ModelConfig(N=64), patterns) == physics.poisson_nll_floor(patterns)
     assert physics.loss_floor(ModelConfig(N=64, loss=LossKind.MAE), patterns) == 0.0
     assert physics.loss_floor(ModelConfig(N=64, mode=TrainingMode.SUPERVISED), patterns) == 0.0
+    # distil adds a refined-object term (>= 0) to the Poisson likelihood: the same floor
+    assert physics.loss_floor(ModelConfig(N=64, mode=TrainingMode.DISTIL), patterns) == physics.poisson_nll_floor(patterns)
 
 
 def test_find_pretrained_ships_n64_only():

@@ -11,7 +11,15 @@ import numpy as np
 
 from ptychodus_pinn.app.figures import save_demo_png
 from ptychodus_pinn.app.outputs import write_json, write_losses_csv
-from ptychodus_pinn.engine.config import ExecutionConfig, ModelConfig, RefinementConfig, RunConfig, TrainingConfig, replace
+from ptychodus_pinn.engine.config import (
+    ExecutionConfig,
+    ModelConfig,
+    RefinementConfig,
+    RefinementStart,
+    RunConfig,
+    TrainingConfig,
+    replace,
+)
 from ptychodus_pinn.engine.data import save_scan
 from ptychodus_pinn.engine.inference import reconstruct
 from ptychodus_pinn.engine.metrics import align_to_reference, illuminated_box, reconstruction_metrics
@@ -116,7 +124,9 @@ def run_demo(
     rows = []
     for name, scan in scans.items():
         print(f"reconstructing the {name.replace('_', ' ')}: network, then {settings.refine_epochs} epochs of refinement ...")
-        refinement = RefinementConfig(epochs=settings.refine_epochs)
+        # start auto: the network was just trained on this object kind, the case the auto start is for
+        # (a flat start is the default only because a network may not know the kind at hand)
+        refinement = RefinementConfig(epochs=settings.refine_epochs, start=RefinementStart.AUTO)
         reconstruction = reconstruct(result.model, scan, execution=execution, refinement=refinement)
         assert scan.ground_truth is not None
         quality = reconstruction_metrics(reconstruction, scan.ground_truth)

@@ -121,7 +121,7 @@ def save_demo_png(
     if any(report.val_loss is not None for report in history):
         loss_axis.plot(epochs, [report.val_loss for report in history], label="validation")
     loss_axis.set_xlabel("epoch")
-    loss_axis.set_ylabel("Poisson NLL / mean counts")
+    loss_axis.set_ylabel("loss (Poisson NLL / mean counts;\n+ distillation term in distil mode)", fontsize=8)
     loss_axis.legend()
     loss_axis.set_title("training loss")
     for axis in axes[-1][1:]:

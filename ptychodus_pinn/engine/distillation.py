@@ -31,7 +31,7 @@ from ptychodus_pinn.engine.config import RefinementConfig, RefinementStart, repl
 from ptychodus_pinn.engine.data import Scan
 from ptychodus_pinn.engine.datasets import GroupDataset
 from ptychodus_pinn.engine.device import DeviceKind, DeviceSpec
-from ptychodus_pinn.engine.inference import reconstruct_network
+from ptychodus_pinn.engine.inference import network_object as network_object_of
 from ptychodus_pinn.engine.model import PinnModel
 from ptychodus_pinn.engine.refinement import RefinementProblem, filled_start, refine, scaled_start
 
@@ -106,14 +106,14 @@ class DistillationTargets(pl.Callback):
     def refresh(self, model: PinnModel, epoch: int) -> None:
         """Each target refined again from the network's object where that fits the counts better; else kept."""
         started = time.perf_counter()
-        was_training = model.training
         # where this process's model is (under DDP each rank has its own device)
         device = next(model.parameters()).device
         here = DeviceSpec(cast(DeviceKind, device.type), (device.index or 0,))
         changed: list[int] = []
         for index, scan in enumerate(self.scans):
             scan_started = time.perf_counter()
-            network_object = filled_start(reconstruct_network(model, scan, devices=here).object)
+            # the model keeps its training state and its device (a preview's call)
+            network_object = filled_start(network_object_of(model, scan, devices=here, release=False).object)
             problem = RefinementProblem(scan, self.targets[index], device)
             _, previous_nll = scaled_start(problem, self.targets[index])
             _, network_nll = scaled_start(problem, network_object)
@@ -133,7 +133,6 @@ class DistillationTargets(pl.Callback):
                 index + 1, epoch, "refined from the network's object" if from_network else "kept", previous_nll,
                 network_nll, refreshed_nll,
             )  # fmt: skip
-        model.train(was_training)
         for dataset in self.datasets:
             self._write_labels(dataset, changed)
         self.seconds += time.perf_counter() - started

@@ -72,8 +72,9 @@ def test_a_target_that_fits_better_than_the_networks_object_is_kept(scans):
     targets.build()
     before = [target.copy() for target in targets.targets]
     labels_before = datasets[0].items["labels"].clone()
-    untrained = new_model(poisoned, ModelConfig(N=32, n_filters_scale=1), 16)
+    untrained = new_model(poisoned, ModelConfig(N=32, n_filters_scale=1), 16).train()
     targets.refresh(untrained, epoch=1)
+    assert untrained.training  # between epochs: Lightning's training state is left as it was
     assert [refresh.start for refresh in targets.refreshes] == [distillation.KEPT] * 2
     for refresh in targets.refreshes:
         assert refresh.network_nll > refresh.previous_nll == refresh.refreshed_nll
@@ -88,8 +89,8 @@ def test_a_target_is_refined_again_from_the_networks_object_when_that_fits_bette
     labels_before = [dataset.items["labels"].clone() for dataset in datasets]
     truth_of = {id(scan): truth for scan, truth in zip(poisoned, truths, strict=True)}
     # a network as good as it gets: its object is the truth (the real one, not the poisoned copy)
-    network = lambda model, scan, devices: SimpleNamespace(object=truth_of[id(scan)])  # noqa: E731
-    monkeypatch.setattr(distillation, "reconstruct_network", network)
+    network = lambda model, scan, **options: SimpleNamespace(object=truth_of[id(scan)])  # noqa: E731
+    monkeypatch.setattr(distillation, "network_object_of", network)
     model = new_model(poisoned, ModelConfig(N=32, n_filters_scale=1), 16)
     targets.refresh(model, epoch=3)
     assert [refresh.start for refresh in targets.refreshes] == [distillation.NETWORK] * 2

@@ -55,9 +55,9 @@ class TargetRefresh:
 
 
 def target_refinement(refinement: RefinementConfig) -> RefinementConfig:
-    """The run's refinement settings as targets use them: never 0 epochs (refinement off means the
-    reconstruction's, not the targets'), the given start taken as it is."""
-    return replace(refinement, epochs=refinement.epochs or RefinementConfig().epochs, start=RefinementStart.NETWORK)
+    """The run's refinement settings as the first targets use them: from a flat object, never 0 epochs
+    (refinement off means the reconstruction's, not the targets')."""
+    return replace(refinement, epochs=refinement.epochs or RefinementConfig().epochs, start=RefinementStart.FLAT)
 
 
 class DistillationTargets(pl.Callback):
@@ -86,15 +86,17 @@ class DistillationTargets(pl.Callback):
         self.refreshes: list[TargetRefresh] = []
         self.seconds = 0.0
 
-    def _refined(self, scan: Scan, start: np.ndarray, device: torch.device) -> np.ndarray:
-        return refine(scan, start, self.refinement, device=device, should_stop=self.should_stop).object
+    def _refined(self, scan: Scan, start: np.ndarray | None, device: torch.device) -> np.ndarray:
+        """``scan`` refined from ``start`` (taken as it is), or from a flat object for None."""
+        config = self.refinement if start is None else replace(self.refinement, start=RefinementStart.NETWORK)
+        return refine(scan, start, config, device=device, should_stop=self.should_stop).object
 
     def build(self) -> None:
         """First targets: each scan refined from a flat object."""
         started = time.perf_counter()
         self.targets = []
         for index, scan in enumerate(self.scans):
-            self.targets.append(self._refined(scan, np.ones(scan.object_shape, np.complex64), self.devices.torch_device))
+            self.targets.append(self._refined(scan, None, self.devices.torch_device))
             logger.info(
                 "Distillation target %d/%d: %d refinement epochs (%.1f s so far)",
                 index + 1, len(self.scans), self.refinement.epochs, time.perf_counter() - started,

@@ -27,6 +27,12 @@ from ptychodus_pinn.engine.refinement import RefinementReport, RefinementResult,
 
 logger = logging.getLogger(__name__)
 
+#: Stitching shrinks pixels lit below about this fraction of the peak summed probe weight toward the
+#: object's mean (``physics.stitch``'s ``fade_fraction``): the network's guesses where only the
+#: probe's tails reach stay out of the object and out of refinement's start, which the data can
+#: barely correct there.
+WEAK_ILLUMINATION_FADE = 0.02
+
 
 @dataclass
 class Reconstruction:
@@ -152,7 +158,9 @@ def reconstruct_network(
     if align_phases:
         patches = physics.align_patch_phases(patches, positions, weight, model.config.neighbor_count)
     fill = None if scan.object_guess is None else torch.from_numpy(scan.object_guess)
-    obj, illuminated = physics.stitch(patches, positions, weight, scan.object_shape, fill=fill)
+    obj, illuminated = physics.stitch(
+        patches, positions, weight, scan.object_shape, fill=fill, fade_fraction=WEAK_ILLUMINATION_FADE
+    )
     finished = time.perf_counter()
     release_cached_memory(device)
     phase_std, amplitude_std = confidence_for(obj.numpy(), scan.probe, scan)

@@ -263,12 +263,23 @@ def stitch(
     object_shape: tuple[int, int],
     fill: torch.Tensor | None = None,
     illuminated_threshold: float = 1e-3,
+    fade_fraction: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted average of patches (M, N, N) placed at their positions on an object grid.
 
     Returns the object (H, W) and the boolean map of illuminated pixels (summed weight above
     ``illuminated_threshold`` of the weight's peak). Unilluminated pixels take ``fill`` or 0.
     Patch parts outside the grid are dropped.
+
+    With a ``fill``, the stitched pixels are first turned by one global phase to match the fill's
+    (weighted by the probe): the patches' common phase is arbitrary, and a fill at another phase
+    would leave a step at the edge of the lit region that no pattern constrains, so refinement
+    started from this object could never remove it.
+
+    ``fade_fraction`` > 0 shrinks weakly lit pixels toward the object's weighted mean: the average
+    becomes (Σ w·patch + λ·mean) / (Σ w + λ) with λ = ``fade_fraction`` × the peak summed weight.
+    Where only the probe's tails reach, a patch's pixels are barely pinned by its pattern, and a
+    plain average there amplifies whatever the network guessed; well-lit pixels barely change.
     """
     size = patches.shape[-1]
     integer, fraction = split_positions(positions_yx_px)
@@ -287,9 +298,19 @@ def stitch(
     numerator = numerator.reshape(object_shape)
     denominator = denominator.reshape(object_shape)
     illuminated = denominator > illuminated_threshold * float(weight.max())
-    obj = torch.where(illuminated, numerator / denominator.clamp_min(1e-12), torch.zeros_like(numerator))
+    if fade_fraction > 0 and bool(illuminated.any()):
+        mean = numerator[illuminated].sum() / denominator[illuminated].sum()
+        strength = fade_fraction * float(denominator.max())
+        average = (numerator + strength * mean) / (denominator + strength)
+    else:
+        average = numerator / denominator.clamp_min(1e-12)
+    obj = torch.where(illuminated, average, torch.zeros_like(numerator))
     if fill is not None:
-        obj = torch.where(illuminated, obj, fill.to(obj.dtype))
+        fill = fill.to(device=obj.device, dtype=obj.dtype)
+        overlap = (numerator * fill.conj())[illuminated].sum()
+        if float(overlap.abs()) > 0:
+            obj = obj * (overlap.conj() / overlap.abs())
+        obj = torch.where(illuminated, obj, fill)
     return obj, illuminated
 
 

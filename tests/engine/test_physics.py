@@ -80,6 +80,48 @@ def test_stitching_patches_of_a_known_object_gives_it_back():
     assert not illuminated[0, 0] and stitched[0, 0] == 0
 
 
+def _spiral_like_stitch_case(phase_rad: float) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor]:
+    """Patches of a known object carrying one common phase, from a scan that lights only the grid's middle."""
+    obj = torch.from_numpy(make_object("grains", (96, 96), seed=6))
+    positions = np.stack(np.meshgrid(np.arange(34, 63, 4), np.arange(34, 63, 4), indexing="ij"), -1).reshape(-1, 2).astype(float)
+    patches = physics.extract_patches(obj, positions, 32) * np.exp(1j * phase_rad)
+    weight = physics.probe_weight(torch.from_numpy(soft_disk_probe(32, 8)))
+    return obj, positions, patches.to(torch.complex64), weight
+
+
+def test_stitching_onto_a_fill_turns_the_patches_to_the_fill_phase():
+    """The patches' common phase is arbitrary: a phase-0 fill beside them must not leave a step at the lit edge."""
+    obj, positions, patches, weight = _spiral_like_stitch_case(phase_rad=1.2)
+    fill = torch.ones(96, 96, dtype=torch.complex64)
+    stitched, illuminated = physics.stitch(patches, positions, weight, (96, 96), fill=fill)
+    assert 0 < int(illuminated.sum()) < 96 * 96 and stitched[0, 0] == 1
+    # still the object up to one global phase, and that phase now matches the fill's (0) on average
+    turn = (stitched[illuminated] * obj[illuminated].conj()).sum()
+    assert float((stitched - obj * turn / turn.abs())[illuminated].abs().max()) < 1e-3
+    assert abs(float(torch.angle(stitched[illuminated].sum()))) < 0.1
+    without_fill, _ = physics.stitch(patches, positions, weight, (96, 96))
+    assert abs(float(torch.angle(without_fill[illuminated].sum()))) > 1.0
+
+
+def test_stitching_fade_pulls_only_weakly_lit_pixels_to_the_mean():
+    _, positions, patches, weight = _spiral_like_stitch_case(phase_rad=0.0)
+    rng = np.random.default_rng(7)
+    noisy = patches + 0.5 * torch.from_numpy(rng.standard_normal(patches.shape).astype(np.float32))
+    plain, illuminated = physics.stitch(noisy, positions, weight, (96, 96))
+    faded, _ = physics.stitch(noisy, positions, weight, (96, 96), fade_fraction=0.02)
+    summed_weight = np.zeros((96, 96))
+    for row, col in positions.astype(int):  # integer centre (y, x) covers rows y - N//2 .. y + N//2 - 1
+        summed_weight[row - 16 : row + 16, col - 16 : col + 16] += weight.numpy()
+    lit = illuminated.numpy()
+    well_lit = torch.from_numpy(lit & (summed_weight > 0.5 * summed_weight.max()))
+    weakly_lit = torch.from_numpy(lit & (summed_weight < 0.005 * summed_weight.max()))
+    assert int(well_lit.sum()) > 100 and int(weakly_lit.sum()) > 20
+    change = (faded - plain).abs()
+    assert float(change[well_lit].max()) < 0.05
+    mean = (plain[illuminated]).mean()
+    assert float((faded - mean)[weakly_lit].abs().mean()) < 0.5 * float((plain - mean)[weakly_lit].abs().mean())
+
+
 def test_stitching_survives_random_per_patch_phase_offsets():
     obj = torch.from_numpy(make_object("lines", (96, 96), seed=5))
     rng = np.random.default_rng(5)

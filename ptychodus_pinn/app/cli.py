@@ -25,6 +25,7 @@ from ptychodus_pinn.engine.config import (
     RefinementConfig,
     RunConfig,
     TrainingConfig,
+    TrainingMode,
     knobs,
     preset_configs,
     replace,
@@ -403,7 +404,8 @@ def command_pretrain(arguments: argparse.Namespace) -> int:
     run_pretraining(
         Path(arguments.out), execution_config_from(arguments), epochs=training["epochs"], size_px=arguments.size,
         learning_rate=training["learning_rate"], corpus_name=arguments.corpus, count=arguments.scans,
-        n_positions=arguments.positions,
+        n_positions=arguments.positions, mode=TrainingMode(arguments.mode),
+        initial_model=None if arguments.initial_model is None else Path(arguments.initial_model),
     )  # fmt: skip
     return 0
 
@@ -484,6 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
         "defoci, 1e3-1e7 photons; broad-one-probe: the same with the default probe, 1e4-1e6 photons (measured: neither "
         "beats the shipped model, benchmarks/results/pretrained-cpu.md)",
     )  # fmt: skip
+    pretrain.add_argument(
+        "--mode", choices=[mode.value for mode in TrainingMode], default=TrainingMode.PINN.value,
+        help="pinn: the shipped model's recipe (default); distil: refine each corpus scan first and learn its refined "
+        "patches too",
+    )  # fmt: skip
+    pretrain.add_argument("--initial-model", default=None, help="fine-tune this saved model instead of random weights")
     pretrain.add_argument("--out", default="resources/pretrained-n64.pinn.pt")
     pretrain.add_argument("--size", type=int, default=64)
     pretrain.add_argument("--scans", type=positive_integer, default=25, help="broad corpus: scans (default 25)")

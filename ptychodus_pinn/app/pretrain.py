@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ptychodus_pinn.engine.config import ExecutionConfig, ModelConfig, RunConfig, TrainingConfig, TrainingMode
-from ptychodus_pinn.engine.persistence import save_model
+from ptychodus_pinn.engine.persistence import load_model, save_model
 from ptychodus_pinn.engine.simulate import CORPUS_PHOTOGRAPHS, ObjectKind, ScanPath, simulate_scan
 from ptychodus_pinn.engine.training import EpochReport, train
 
@@ -114,13 +114,23 @@ def run_pretraining(
     corpus_name: str = "siemens-lines",
     count: int = 25,
     n_positions: int = 400,
+    mode: TrainingMode = TrainingMode.PINN,
+    initial_model: Path | None = None,
 ) -> Path:
     """Train a starting model (width 1, gridsize 1) on one of :data:`CORPORA` and save it to ``out``
-    (``count`` and ``n_positions`` size the ``broad`` corpus)."""
+    (``count`` and ``n_positions`` size the ``broad`` corpus).
+
+    ``mode`` pinn is the shipped model's recipe; distil refines every corpus scan first and trains on
+    its refined patches too (``engine/distillation.py``). ``initial_model`` fine-tunes a saved model
+    (same N, gridsize 1) instead of starting from random weights.
+    """
     if corpus_name not in CORPORA:
         raise ValueError(f"unknown corpus {corpus_name!r}; one of: {', '.join(CORPORA)}")
-    # the shipped model's recipe: self-supervised (pinn), the mode it was trained with
-    model = ModelConfig(N=size_px, n_filters_scale=1, mode=TrainingMode.PINN)
+    start = None
+    if initial_model is not None:
+        start = load_model(initial_model, expect=ModelConfig(N=size_px))
+    width = 1 if start is None else start.config.n_filters_scale
+    model = ModelConfig(N=size_px, n_filters_scale=width, mode=mode)
     training = TrainingConfig(epochs=epochs, batch_size=16, validation_fraction=0.0, learning_rate=learning_rate)
     config = RunConfig(model=model, training=training, execution=execution)
     if corpus_name == "siemens-lines":
@@ -132,14 +142,16 @@ def run_pretraining(
     def report(epoch: EpochReport) -> None:
         print(f"epoch {epoch.epoch}/{epoch.epochs} loss {epoch.train_loss:.4f} ({epoch.seconds:.0f} s)", flush=True)
 
-    result = train(scans, config, on_epoch_end=report)
+    result = train(scans, config, initial_model=start, on_epoch_end=report)
     if corpus_name != "siemens-lines":
         described = f"{count} scans × {n_positions} patterns (seeds {CORPUS_SEED}..{CORPUS_SEED + count - 1})"
     else:
         seeds = f"{SIEMENS_LINES_SEEDS.start}..{SIEMENS_LINES_SEEDS.stop - 1}"
         described = f"{len(scans)} scans × {scans[0].count} patterns (seeds {seeds})"
+    started = "" if initial_model is None else f", fine-tuned from {initial_model.name}"
     result.model.record.extra["pretrained_on"] = (
-        f"app.pretrain {corpus_name} corpus: {described}, {epochs} epochs, learning rate {learning_rate:g}"
+        f"app.pretrain {corpus_name} corpus: {described}, {mode.value} mode, {epochs} epochs, "
+        f"learning rate {learning_rate:g}{started}"
     )
     save_model(result.model, out)
     print(f"wrote {out} ({result.seconds:.0f} s)")

@@ -45,6 +45,32 @@ def test_pretrain_writes_a_model_that_names_its_corpus(tmp_path):
     assert model.config.N == 32 and "broad corpus: 5 scans × 9 patterns" in model.record.extra["pretrained_on"]
 
 
+def test_pretrain_distils_and_fine_tunes_a_saved_model(tmp_path):
+    """--mode distil refines every corpus scan for its targets; --initial-model starts from a saved model's weights."""
+    first, second = tmp_path / "first.pinn.pt", tmp_path / "second.pinn.pt"
+    common = [
+        "--size",
+        "32",
+        "--corpus",
+        "broad",
+        "--scans",
+        "2",
+        "--positions",
+        "16",
+        "--accelerator",
+        "cpu",
+        "--no-progress-bar",
+    ]
+    assert main(["pretrain", "--out", str(first), "--epochs", "1", *common]) == 0
+    argv = ["pretrain", "--out", str(second), "--epochs", "1", "--mode", "distil", "--initial-model", str(first)]
+    assert main([*argv, *common]) == 0
+    model = load_model(second)
+    described = model.record.extra["pretrained_on"]
+    assert "distil mode" in described and "fine-tuned from first.pinn.pt" in described
+    assert model.record.extra["distillation_target_refreshes"] == 0  # 1 epoch: the first targets only
+    assert model.config.mode.value == "distil"
+
+
 def test_the_shipped_models_recipe_is_the_default():
     from ptychodus_pinn.app.cli import build_parser, config_values
     from ptychodus_pinn.app.pretrain import siemens_lines_scans

@@ -390,7 +390,7 @@ def command_demo(arguments: argparse.Namespace) -> int:
     return 0
 
 
-# the shipped N=64 model: app.pretrain's siemens-lines corpus, 40 epochs at learning rate 3e-3
+# stage 1 of the shipped N=64 model: app.pretrain's siemens-lines corpus, 40 epochs at learning rate 3e-3
 PRETRAIN_DEFAULTS = {"epochs": 40, "learning_rate": 3e-3}
 
 
@@ -477,18 +477,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     pretrain = commands.add_parser(
         "pretrain",
-        help="train a starting model on simulated scans: the shipped model's recipe (siemens-lines) or a broad corpus "
-        "(natural images, circuits, grains, Siemens stars, lines; several probes, paths and doses; app/pretrain.py)",
+        help="train a starting model on simulated scans: the shipped model's two stages (siemens-lines, then "
+        "broad-one-probe distilled from it) or a broad corpus (natural images, circuits, grains, Siemens stars, lines; "
+        "several probes, paths and doses; app/pretrain.py)",
     )
     pretrain.add_argument(
         "--corpus", choices=("siemens-lines", "broad", "broad-one-probe"), default="siemens-lines",
-        help="siemens-lines: the shipped model's recipe (default); broad: five object kinds, three paths, probes and "
-        "defoci, 1e3-1e7 photons; broad-one-probe: the same with the default probe, 1e4-1e6 photons (measured: neither "
-        "beats the shipped model, benchmarks/results/pretrained-cpu.md)",
+        help="siemens-lines: stage 1 of the shipped model (default); broad: five object kinds, three paths, probes and "
+        "defoci, 1e3-1e7 photons; broad-one-probe: the same with the default probe, 1e4-1e6 photons (stage 2 of the "
+        "shipped model: --mode distil --initial-model STAGE1 --epochs 30 --learning-rate 1e-3; app/pretrain.py)",
     )  # fmt: skip
     pretrain.add_argument(
         "--mode", choices=[mode.value for mode in TrainingMode], default=TrainingMode.PINN.value,
-        help="pinn: the shipped model's recipe (default); distil: refine each corpus scan first and learn its refined "
+        help="pinn (default): the likelihood alone; distil: refine each corpus scan first and learn its refined "
         "patches too",
     )  # fmt: skip
     pretrain.add_argument("--initial-model", default=None, help="fine-tune this saved model instead of random weights")

@@ -15,7 +15,6 @@ from ptychodus_pinn.engine.config import (
     ExecutionConfig,
     ModelConfig,
     RefinementConfig,
-    RefinementStart,
     RunConfig,
     TrainingConfig,
     replace,
@@ -124,9 +123,7 @@ def run_demo(
     rows = []
     for name, scan in scans.items():
         print(f"reconstructing the {name.replace('_', ' ')}: network, then {settings.refine_epochs} epochs of refinement ...")
-        # start auto: the network was just trained on this object kind, the case the auto start is for
-        # (a flat start is the default only because a network may not know the kind at hand)
-        refinement = RefinementConfig(epochs=settings.refine_epochs, start=RefinementStart.AUTO)
+        refinement = RefinementConfig(epochs=settings.refine_epochs)  # start auto: the network's object competes
         reconstruction = reconstruct(result.model, scan, execution=execution, refinement=refinement)
         assert scan.ground_truth is not None
         quality = reconstruction_metrics(reconstruction, scan.ground_truth)

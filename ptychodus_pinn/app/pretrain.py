@@ -1,22 +1,26 @@
 """``ptychodus-pinn pretrain``: the shipped starting model and the corpora it can be trained on (issue 10).
 
-``siemens-lines`` (the default) is the recipe of the shipped ``resources/pretrained-n64.pinn.pt``: eight
-scans of Siemens stars and lines (seeds 100–107, 576 patterns, 10⁴–10⁶ photons, the default probe),
-40 epochs at learning rate 3e-3.
+The shipped ``resources/pretrained-n64.pinn.pt`` is two runs of this command (``docs/quality.md``,
+"Distilled pretraining"):
+
+1. ``pretrain --out stage1.pinn.pt`` (the defaults): the ``siemens-lines`` corpus, eight scans of Siemens
+   stars and lines (seeds 100–107, 576 patterns, 10⁴–10⁶ photons, the default probe), ``pinn`` mode,
+   40 epochs at learning rate 3e-3 (the model shipped until 2026-12-05);
+2. ``pretrain --corpus broad-one-probe --mode distil --initial-model stage1.pinn.pt --epochs 30
+   --learning-rate 1e-3``: that model fine-tuned on 25 scans of every object kind, each refined first and
+   learnt as refined patches beside the likelihood.
 
 ``broad`` cycles through five object kinds (natural images from photographs the benchmarks never
 use, ``simulate.CORPUS_PHOTOGRAPHS``; circuit-like and granular objects; Siemens stars; lines), three
 scan paths (raster, jittered raster, spiral: sub-pixel positions), three probe sizes and three
 defoci, and a dose spread evenly in log from 10³ to 10⁷ photons per pattern. Every scan has its own
-seed (2000 + index), so none of them is a scan the tests, the demo or the benchmarks simulate
-(their seeds are below 200). Each pattern is trained against the probe that lit it
-(``datasets.scan_probes``). One probe mode throughout: the model has one probe tensor shape.
-Measured (``benchmarks/results/pretrained-cpu.md``): trained 16 epochs on 25 × 400 patterns, its
-network alone was *worse* than the shipped model's on all five unseen benchmark scans (0.16–0.91× LSQML
-against 0.28–0.92×), so it does not ship; the corpus stays for a GPU-sized run (wider network, more
-epochs) and for fine-tuning experiments. ``broad-one-probe`` (the same objects and paths with the default
-probe, 10⁴–10⁶ photons) came closer: better on circuits (0.42× against 0.33×), worse on grains (0.20×
-against 0.28×), level elsewhere; not shipped either.
+seed (2000 + index), so none of them is a scan the tests, the demo or the benchmarks simulate.
+Each pattern is trained against the probe that lit it (``datasets.scan_probes``). One probe mode
+throughout: the model has one probe tensor shape. ``broad-one-probe`` keeps the objects and paths
+with the default probe and 10⁴–10⁶ photons. Measured (``benchmarks/results/pretrained-cpu.md``):
+fine-tuned with ``distil`` the one-probe corpus made the network better on all five unseen benchmark
+kinds; the probe-varied one did not (better on Siemens stars, worse on lines, circuits and grains), and
+neither corpus trained with ``pinn`` alone beat the siemens-lines model.
 """
 
 from __future__ import annotations
@@ -148,11 +152,13 @@ def run_pretraining(
     else:
         seeds = f"{SIEMENS_LINES_SEEDS.start}..{SIEMENS_LINES_SEEDS.stop - 1}"
         described = f"{len(scans)} scans × {scans[0].count} patterns (seeds {seeds})"
-    started = "" if initial_model is None else f", fine-tuned from {initial_model.name}"
-    result.model.record.extra["pretrained_on"] = (
-        f"app.pretrain {corpus_name} corpus: {described}, {mode.value} mode, {epochs} epochs, "
-        f"learning rate {learning_rate:g}{started}"
+    recipe = (
+        f"app.pretrain {corpus_name} corpus: {described}, {mode.value} mode, {epochs} epochs, learning rate {learning_rate:g}"
     )
+    if start is not None:
+        earlier = start.record.extra.get("pretrained_on", "no recorded recipe")
+        recipe += f", fine-tuned from {initial_model.name if initial_model else 'a model'} ({earlier})"
+    result.model.record.extra["pretrained_on"] = recipe
     save_model(result.model, out)
     print(f"wrote {out} ({result.seconds:.0f} s)")
     return out

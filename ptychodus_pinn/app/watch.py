@@ -8,9 +8,9 @@ size and modification time are unchanged between two polls, so a half-written fi
 reconstructed is logged in one line naming it and the reason, and skipped (retried only if it
 changes); the loop goes on. ``OUT/NAME/object.npz`` marks a scan done, so a restart skips it.
 The model is loaded once: ``--model``, else the shipped model for the scan's N (once per N), else
-refinement from a flat object, as ``infer`` does. With refinement starting flat (the default
-``--refine-start flat``) the network's object cannot change the result, so the network stage is
-skipped (``engine.inference.network_shapes_result``): the result comes ~2 s sooner. Ctrl-C
+refinement from a flat object, as ``infer`` does. With refinement starting flat
+(``--refine-start flat``; the default is ``auto``) the network's object cannot change the result, so
+the network stage is skipped (``engine.inference.network_shapes_result``): the result comes ~1 s sooner. Ctrl-C
 stops cleanly with a summary (exit 130); ``--once`` processes what is there and exits.
 """
 

@@ -599,13 +599,13 @@ class RefinementConfig:
         "Likelihood the refinement maximises: poisson for photon counts (recommended), gaussian (amplitude) for "
         "data that are not counts.",
         cli="--refine-noise-model"))
-    # flat by default: measured (benchmarks/results/refinement-cpu.md), a network that hallucinates on an
-    # object kind it never saw can fit the data better at the start and still end far worse (grains:
-    # 0.25 vs 0.76 phase SSIM), so the likelihood at the start cannot vouch for it; auto/network opt in
-    start: RefinementStart = field(default=RefinementStart.FLAT, metadata=knob(
+    # auto by default: measured (benchmarks/results/refinement-cpu.md), starting from the network's object
+    # ends level with or above a flat start on all six benchmark scans, also on kinds the shipped model
+    # never saw (circuits, grains), once stitching puts the network's object at the fill's global phase
+    start: RefinementStart = field(default=RefinementStart.AUTO, metadata=knob(
         "Start",
-        "Where refinement starts: flat (safe on object kinds the network never saw); auto = the network's object "
-        "or a flat one, whichever fits the data better at the start; network forces the network's.",
+        "Where refinement starts: auto = the network's object or a flat one, whichever fits the data better at the "
+        "start; network forces the network's; flat skips the network (its object cannot change the result).",
         cli="--refine-start"))
     momentum_gain: float = field(default=0.5, metadata=knob(
         "Momentum Gain", "Momentum of the refinement updates.", minimum=0.0, maximum=1.0, cli=False, in_panel=False))

@@ -17,8 +17,8 @@ reason, and skipped; the stream continues.
 The worker reconstructs like the one-click "Reconstruct" entry without "Train On The Scan First":
 the model the library has loaded when the scan arrived (if its N fits), else the shipped pretrained
 model for the scan's N, else refinement alone from a flat object; then refinement with the panel's
-settings. When Refinement Start is flat (the default) the network's object cannot change the result
-and nobody watches a stream, so the network is not run (about a third of a scan's time). Its product is
+settings. When Refinement Start is flat the network's object cannot change the result and nobody
+watches a stream, so the network is not run (about a third of a scan's time); the default, auto, runs it. Its product is
 written with ptychodus's own ``save_product``, atomically.
 
 ptychodus 1.7 gives file-based workflows no shutdown hook (``ModelCore.__exit__`` stops the

@@ -71,7 +71,7 @@ def test_pretrain_distils_and_fine_tunes_a_saved_model(tmp_path):
     assert model.config.mode.value == "distil"
 
 
-def test_the_shipped_models_recipe_is_the_default():
+def test_stage_one_of_the_shipped_models_recipe_is_the_default():
     from ptychodus_pinn.app.cli import build_parser, config_values
     from ptychodus_pinn.app.pretrain import siemens_lines_scans
     from ptychodus_pinn.engine.config import TrainingConfig
@@ -84,4 +84,6 @@ def test_the_shipped_models_recipe_is_the_default():
     assert [scan.metadata["object_kind"] for scan in scans[:2]] == ["siemens", "lines"] and len(scans) == 8
     assert [scan.metadata["seed"] for scan in scans] == list(range(100, 108))
     shipped = load_model(pretrained_path(64))
-    assert "100..107" in shipped.record.extra["pretrained_on"]
+    recipe = shipped.record.extra["pretrained_on"]
+    # stage 2 (docs/quality.md, "Distilled pretraining") names stage 1's corpus inside its own
+    assert "broad-one-probe corpus" in recipe and "distil mode, 30 epochs" in recipe and "100..107" in recipe

@@ -255,7 +255,7 @@ def test_flat_refinement_start_runs_no_network(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """With Refinement Start flat (the default) the network's object cannot change the result: it is not run."""
+    """With Refinement Start flat the network's object cannot change the result: it is not run."""
     import ptychodus_pinn.engine.inference as inference
 
     real = inference.reconstruct
@@ -267,7 +267,8 @@ def test_flat_refinement_start_runs_no_network(
 
     monkeypatch.setattr(inference, "reconstruct", recording)
     library.model_slot.set(trained_small.model, "a test model (N=32)")
-    assert library.settings["refine_start"].get_value() == "flat"
+    assert library.settings["refine_start"].get_value() == "auto"  # the default lets the network compete
+    library.settings["refine_start"].set_value("flat")
     path = write_workflow_directory(tmp_path / "flat", scan_for(seed=9), "flat")
     with caplog.at_level(logging.INFO, logger="ptychodus_pinn"):
         workflow.execute(model_core.workflow_api, path)

@@ -155,9 +155,9 @@ def run_pretraining(
     recipe = (
         f"app.pretrain {corpus_name} corpus: {described}, {mode.value} mode, {epochs} epochs, learning rate {learning_rate:g}"
     )
-    if start is not None:
+    if start is not None and initial_model is not None:
         earlier = start.record.extra.get("pretrained_on", "no recorded recipe")
-        recipe += f", fine-tuned from {initial_model.name if initial_model else 'a model'} ({earlier})"
+        recipe += f", fine-tuned from {initial_model.name} ({earlier})"
     result.model.record.extra["pretrained_on"] = recipe
     save_model(result.model, out)
     print(f"wrote {out} ({result.seconds:.0f} s)")

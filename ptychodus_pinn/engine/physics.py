@@ -318,8 +318,9 @@ def _leading_eigenvector(first: np.ndarray, second: np.ndarray, values: np.ndarr
     """Leading eigenvector of the Hermitian matrix with entries ``values`` at (first, second), plus its adjoint.
 
     The matrix has ~2k entries per row, so a sparse Lanczos solve costs ~0.08 s for 576 patches (one
-    thread, ~90 ARPACK iterations) where a dense ``eigh`` of a few hundred patches took seconds (tens of seconds with BLAS threads competing for
-    the cores); the start vector is fixed so the result is reproducible.
+    thread, ~90 ARPACK iterations) where a dense ``eigh`` of a few hundred patches took seconds (tens
+    of seconds with BLAS threads competing for the cores); the start vector is fixed so the result is
+    reproducible.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.linalg import eigsh

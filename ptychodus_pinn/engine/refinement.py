@@ -517,9 +517,13 @@ def refine(
 
 
 def filled_start(obj: np.ndarray) -> np.ndarray:
-    """The network's object with unlit (zero) and non-finite pixels set to its mean amplitude."""
+    """The network's object with unlit (zero) and non-finite pixels set to its mean amplitude, at the
+    phase of its mean complex value: the object's global phase is arbitrary, and a phase-0 fill would
+    leave a step at the lit edge that no pattern can remove (as ``physics.stitch`` does with a fill)."""
     obj = np.asarray(obj, np.complex64)
     usable = np.isfinite(obj) & (np.abs(obj) > 0)
     if not usable.any():
         return np.ones(obj.shape, np.complex64)
-    return np.where(usable, obj, np.float32(np.abs(obj[usable]).mean())).astype(np.complex64)
+    values = obj[usable]
+    background = np.abs(values).mean() * np.exp(1j * np.angle(values.sum()))
+    return np.where(usable, obj, background).astype(np.complex64)

@@ -13,7 +13,7 @@ from ptychodus_pinn.engine import physics
 from ptychodus_pinn.engine.config import RefinementConfig, RefinementStart
 from ptychodus_pinn.engine.data import Scan
 from ptychodus_pinn.engine.metrics import compare
-from ptychodus_pinn.engine.refinement import RefinementProblem, iterate_refinement, refine
+from ptychodus_pinn.engine.refinement import RefinementProblem, filled_start, iterate_refinement, refine
 from ptychodus_pinn.engine.simulate import simulate_scan
 
 
@@ -132,6 +132,19 @@ def _probe_error(estimate: np.ndarray, truth: np.ndarray) -> float:
     inner = np.vdot(estimate, truth)
     fitted = estimate * (inner / np.vdot(estimate, estimate))
     return float(np.linalg.norm(fitted - truth) / np.linalg.norm(truth))
+
+
+def test_filled_start_fills_unlit_pixels_at_the_objects_own_phase():
+    """A network object carries an arbitrary global phase; its unlit fill must carry it too (no edge step)."""
+    obj = np.zeros((16, 16), np.complex64)
+    obj[4:12, 4:12] = 0.8 * np.exp(1j * (1.3 + 0.2 * np.sin(np.arange(8))))[None, :]
+    obj[5, 5] = np.nan
+    filled = filled_start(obj)
+    assert np.isfinite(filled).all()
+    np.testing.assert_allclose(filled[4:12, 6:12], obj[4:12, 6:12])
+    unlit = filled[0, 0]
+    assert unlit == filled[15, 15] == filled[5, 5]
+    assert abs(abs(unlit) - 0.8) < 1e-5 and abs(np.angle(unlit) - 1.3) < 0.1
 
 
 def test_probe_refinement_recovers_a_perturbed_probe():

@@ -23,6 +23,7 @@ from ptychodus_pinn.engine.device import (
     release_device_memory,
 )
 from ptychodus_pinn.engine.model import PinnModel, input_normalization_for, network_input
+from ptychodus_pinn.engine.network import channels_last_on_cpu
 from ptychodus_pinn.engine.refinement import RefinementReport, RefinementResult, refine
 
 logger = logging.getLogger(__name__)
@@ -96,21 +97,22 @@ def predict_patches(model: PinnModel, scan: Scan, batch_size: int, device: torch
     model.eval().to(device)
     outputs = []
     start = 0
-    while start < groups.shape[0]:
-        batch = torch.from_numpy(scan.patterns[groups[start : start + batch_size]]).to(device)
-        try:
-            patches = model.predict_patches(network_input(batch, normalization))
-        except Exception as error:
-            # out of memory: halve the batch and carry on, down to one pattern at a time
-            if not is_out_of_memory(error) or batch_size == 1:
-                raise
-            del batch
-            release_cached_memory(device)
-            batch_size //= 2
-            logger.warning("out of memory during inference; inference batch size lowered to %d", batch_size)
-            continue
-        outputs.append(patches[:, 0].to(torch.complex64).cpu())
-        start += batch_size
+    with channels_last_on_cpu(model.generator, device):
+        while start < groups.shape[0]:
+            batch = torch.from_numpy(scan.patterns[groups[start : start + batch_size]]).to(device)
+            try:
+                patches = model.predict_patches(network_input(batch, normalization))
+            except Exception as error:
+                # out of memory: halve the batch and carry on, down to one pattern at a time
+                if not is_out_of_memory(error) or batch_size == 1:
+                    raise
+                del batch
+                release_cached_memory(device)
+                batch_size //= 2
+                logger.warning("out of memory during inference; inference batch size lowered to %d", batch_size)
+                continue
+            outputs.append(patches[:, 0].to(torch.complex64).cpu())
+            start += batch_size
     return torch.cat(outputs)
 
 

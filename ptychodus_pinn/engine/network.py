@@ -8,6 +8,8 @@ the usual local convolutions. Skip connections carry fine detail to the decoder.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -120,3 +122,29 @@ class PinnGenerator(nn.Module):
 
 def parameter_count(module: nn.Module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())
+
+
+@contextmanager
+def channels_last_on_cpu(module: nn.Module, device: torch.device) -> Iterator[None]:
+    """Run ``module``'s convolutions with channels-last weights while on the CPU, then restore the layout.
+
+    oneDNN's CPU convolutions are much faster in that layout (width-1 N = 64 U-Net, 2 threads: 576
+    patterns 0.41 → 0.28 s, a training step 40 → 25 ms); values do not change. Weights already in
+    it (a model being trained, see ``training.PinnLightningModule``) stay so; other devices are left alone.
+    """
+    if device.type != "cpu" or is_channels_last(module):
+        yield
+        return
+    module.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        module.to(memory_format=torch.contiguous_format)
+
+
+def is_channels_last(module: nn.Module) -> bool:
+    """Whether the module's first 4-D weight (a convolution's) is stored channels-last."""
+    for parameter in module.parameters():
+        if parameter.dim() == 4 and parameter.shape[1] > 1:
+            return parameter.is_contiguous(memory_format=torch.channels_last) and not parameter.is_contiguous()
+    return False

@@ -171,6 +171,12 @@ class PinnLightningModule(pl.LightningModule):
         self.epochs = epochs
         self.monitor = "train_loss"
 
+    def on_fit_start(self) -> None:
+        # oneDNN's CPU convolutions are ~1.3× faster per epoch with channels-last weights (network.py);
+        # _train_once puts the default layout back, so checkpoints and saved models keep it
+        if self.device.type == "cpu":
+            self.model.generator.to(memory_format=torch.channels_last)
+
     def _weight(self) -> torch.Tensor:
         return physics.probe_weight(self.model.probe.detach())
 
@@ -653,6 +659,7 @@ def _train_once(
             extra=extra,
         )
     finally:
+        model.generator.to(memory_format=torch.contiguous_format)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         if temporary is not None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ptychodus_pinn.engine.config import AmplitudeActivation, ModelConfig
-from ptychodus_pinn.engine.network import DEPTH, PinnGenerator, parameter_count
+from ptychodus_pinn.engine.network import DEPTH, PinnGenerator, channels_last_on_cpu, is_channels_last, parameter_count
 
 
 def _generator(**fields) -> PinnGenerator:
@@ -153,3 +153,26 @@ def test_gradients_reach_every_parameter(gridsize):
         if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0
     ]
     assert silent == []
+
+
+def test_channels_last_on_cpu_changes_no_value_and_puts_the_layout_back():
+    generator = _generator()
+    _randomize_heads(generator, 0.5)
+    amplitudes = torch.rand(4, 1, 32, 32)
+    with torch.no_grad():
+        expected = generator(amplitudes)
+        with channels_last_on_cpu(generator, torch.device("cpu")):
+            assert is_channels_last(generator)
+            inside = generator(amplitudes)
+    assert not is_channels_last(generator)
+    assert all(parameter.is_contiguous() for parameter in generator.parameters())
+    torch.testing.assert_close(inside, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_on_cpu_leaves_a_model_already_in_that_layout_so():
+    generator = _generator().to(memory_format=torch.channels_last)
+    with channels_last_on_cpu(generator, torch.device("cpu")):
+        pass
+    assert is_channels_last(generator)  # a model being trained keeps its layout through a preview
+    with channels_last_on_cpu(_generator(), torch.device("meta")):
+        pass  # other devices: nothing is touched (no error on a device without oneDNN)

@@ -16,6 +16,7 @@ from ptychodus_pinn.engine.config import ExecutionConfig, ModelConfig, RunConfig
 from ptychodus_pinn.engine.data import ScanError
 from ptychodus_pinn.engine.datasets import spatial_split
 from ptychodus_pinn.engine.inference import reconstruct_network
+from ptychodus_pinn.engine.network import is_channels_last
 from ptychodus_pinn.engine.training import dataloader_arguments, resolve_accelerator, train, trainer_arguments
 
 QUIET = {"accelerator": "cpu", "logger": "none", "enable_progress_bar": False}
@@ -193,6 +194,21 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, small_scan):
     train([small_scan], run_config(epochs=2), checkpoint_dir=tmp_path)
     resumed = train([small_scan], run_config(epochs=4), checkpoint_dir=tmp_path, resume_from=tmp_path / "last.ckpt")
     assert [report.epoch for report in resumed.history] == [3, 4]
+
+
+def test_cpu_training_runs_channels_last_and_returns_the_default_layout(monkeypatch, small_scan):
+    layouts: list[bool] = []
+    original_new_model = training.new_model
+
+    def watched_new_model(*arguments):
+        model = original_new_model(*arguments)
+        model.generator.register_forward_hook(lambda module, inputs, output: layouts.append(is_channels_last(module)))
+        return model
+
+    monkeypatch.setattr(training, "new_model", watched_new_model)
+    result = train([small_scan], run_config(epochs=1))
+    assert layouts and all(layouts)  # every training forward pass ran in the faster layout
+    assert all(parameter.is_contiguous() for parameter in result.model.parameters())
 
 
 def test_inference_batch_size_reaches_the_forward_passes(trained_small, small_scan):

@@ -135,11 +135,20 @@ def channels_last_on_cpu(module: nn.Module, device: torch.device) -> Iterator[No
     if device.type != "cpu" or is_channels_last(module):
         yield
         return
-    module.to(memory_format=torch.channels_last)
+    set_convolution_layout(module, torch.channels_last)
     try:
         yield
     finally:
-        module.to(memory_format=torch.contiguous_format)
+        set_convolution_layout(module, torch.contiguous_format)
+
+
+def set_convolution_layout(module: nn.Module, memory_format: torch.memory_format) -> None:
+    """Store the module's 4-D weights in ``memory_format``, in place (the Parameters stay the same
+    objects, so an optimizer holding them is unaffected)."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.dim() == 4:
+                parameter.data = parameter.data.contiguous(memory_format=memory_format)
 
 
 def is_channels_last(module: nn.Module) -> bool:

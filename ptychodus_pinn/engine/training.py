@@ -50,6 +50,7 @@ from ptychodus_pinn.engine.device import (  # the device helpers moved to device
     torch_device,  # noqa: F401
 )
 from ptychodus_pinn.engine.model import PinnModel, TrainingRecord, warm_start_mismatches
+from ptychodus_pinn.engine.network import set_convolution_layout
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class PinnLightningModule(pl.LightningModule):
         # oneDNN's CPU convolutions are ~1.3× faster per epoch with channels-last weights (network.py);
         # _train_once puts the default layout back, so checkpoints and saved models keep it
         if self.device.type == "cpu":
-            self.model.generator.to(memory_format=torch.channels_last)
+            set_convolution_layout(self.model.generator, torch.channels_last)
 
     def _weight(self) -> torch.Tensor:
         return physics.probe_weight(self.model.probe.detach())
@@ -659,7 +660,7 @@ def _train_once(
             extra=extra,
         )
     finally:
-        model.generator.to(memory_format=torch.contiguous_format)
+        set_convolution_layout(model.generator, torch.contiguous_format)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         if temporary is not None:

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from ptychodus_pinn.engine.config import AmplitudeActivation, ModelConfig
-from ptychodus_pinn.engine.network import DEPTH, PinnGenerator, channels_last_on_cpu, is_channels_last, parameter_count
+from ptychodus_pinn.engine.network import (
+    DEPTH,
+    PinnGenerator,
+    channels_last_on_cpu,
+    is_channels_last,
+    parameter_count,
+    set_convolution_layout,
+)
 
 
 def _generator(**fields) -> PinnGenerator:
@@ -170,7 +177,8 @@ def test_channels_last_on_cpu_changes_no_value_and_puts_the_layout_back():
 
 
 def test_channels_last_on_cpu_leaves_a_model_already_in_that_layout_so():
-    generator = _generator().to(memory_format=torch.channels_last)
+    generator = _generator()
+    set_convolution_layout(generator, torch.channels_last)
     with channels_last_on_cpu(generator, torch.device("cpu")):
         pass
     assert is_channels_last(generator)  # a model being trained keeps its layout through a preview

@@ -76,6 +76,10 @@ class RefinementResult:
     illumination: np.ndarray | None = None
 
 
+#: Patterns of a mini-batch: indices, or a slice of the scan (the whole-scan batch needs no gathers).
+Batch = torch.Tensor | slice
+
+
 class RefinementProblem:
     """A scan and the state being refined, on an object canvas padded so every window fits.
 
@@ -105,6 +109,7 @@ class RefinementProblem:
         self.probe_power = float(physics.abs2(self.probe).sum())
         self.canvas = self._padded(initial_object)
         self._shifted_cache: torch.Tensor | None = None
+        self._intensity_cache: torch.Tensor | None = None
         self._cache_fits = 8 * self.probe.numel() * self.count <= RESIDUAL_BUDGET_BYTES
         self.illumination = self.compute_illumination()
 
@@ -134,10 +139,10 @@ class RefinementProblem:
         """Pixels of the scan's grid that any probe position lights (above 10⁻³ of the peak)."""
         return (self.cropped(self.illumination) > 1e-3 * float(self.illumination.max())).cpu().numpy()
 
-    def flat_indices(self, batch: torch.Tensor) -> torch.Tensor:
+    def flat_indices(self, batch: Batch) -> torch.Tensor:
         return physics.window_flat_indices(self.top_left[batch], self.size, self.canvas_shape[1])
 
-    def probes_for(self, batch: torch.Tensor) -> torch.Tensor:
+    def probes_for(self, batch: Batch) -> torch.Tensor:
         """(B, P, N, N): the probe shifted by each pattern's sub-pixel remainder.
 
         Cached for the whole scan while the probe stays fixed and the cache fits the residual
@@ -145,13 +150,21 @@ class RefinementProblem:
         """
         if self._shifted_cache is None and self._cache_fits:
             self._shifted_cache = physics.shifted_probes(self.probe, self.ramps)
+            self._intensity_cache = physics.abs2(self._shifted_cache).sum(dim=1)
         if self._shifted_cache is not None:
             return self._shifted_cache[batch]
         return physics.shifted_probes(self.probe, self.ramps[batch])
 
+    def probe_intensities_for(self, batch: Batch, probes: torch.Tensor) -> torch.Tensor:
+        """(B, N, N): Σ_p |P_p|² of ``probes_for(batch)`` (given as ``probes``), from the cache when there is one."""
+        if self._intensity_cache is not None and self._shifted_cache is not None:
+            return self._intensity_cache[batch]
+        return physics.abs2(probes).sum(dim=1)
+
     def probe_changed(self) -> None:
         """A refined probe changes every mini-batch: shift it per batch from now on."""
         self._shifted_cache = None
+        self._intensity_cache = None
         self._cache_fits = False
 
     def compute_illumination(self) -> torch.Tensor:
@@ -187,19 +200,22 @@ def _far_field(exit_waves: torch.Tensor) -> torch.Tensor:
 def _poisson_step_lengths(predicted: torch.Tensor, measured: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
     """Per-pattern a in [0, 1] minimising the Poisson NLL of Î·(1 − a·ξ)², ξ = (1 − I/Î) on valid pixels (Newton).
 
-    With f = max(1 − a·ξ, 10⁻³): dNLL/da = Σ 2(I·ξ/f − Î·ξ·f), d²NLL/da² = Σ 2(Î·ξ² + I·ξ²/f²). The
-    products that do not depend on a are formed once; each iteration is a handful of whole-array
-    operations (this loop was a quarter of refinement's time).
+    With f = 1 − a·ξ (clamped at 10⁻³ inside the logarithm's term only): dNLL/da = 2·Σ(I·ξ/f − Î·ξ + a·Î·ξ²),
+    d²NLL/da² = 2·Σ(Î·ξ² + I·ξ²/f²). The sums that do not depend on a are formed once; each iteration
+    is a few whole-array operations (this loop was a quarter of refinement's time).
     """
-    step = torch.full(predicted.shape[:1], 0.5, device=predicted.device)
-    measured_xi = measured * xi
-    predicted_xi = predicted * xi
-    predicted_xi2 = (predicted_xi * xi).sum(dim=(-2, -1))
+    batch = predicted.shape[0]
+    xi = xi.reshape(batch, -1)
+    measured_xi = measured.reshape(batch, -1) * xi
+    measured_xi2 = measured_xi * xi
+    predicted_xi = predicted.reshape(batch, -1) * xi
+    predicted_xi_sum = predicted_xi.sum(dim=1)
+    predicted_xi2 = (predicted_xi * xi).sum(dim=1)
+    step = torch.full((batch,), 0.5, device=predicted.device)
     for _ in range(4):
-        factor = torch.addcmul(torch.ones_like(xi), step[:, None, None], xi, value=-1).clamp_min_(1e-3)
-        measured_term = measured_xi / factor
-        gradient = (measured_term - predicted_xi * factor).sum(dim=(-2, -1))
-        curvature = predicted_xi2 + (measured_term * xi / factor).sum(dim=(-2, -1))
+        inverse = torch.addcmul(torch.ones_like(xi), step[:, None], xi, value=-1).clamp_min_(1e-3).reciprocal_()
+        gradient = (measured_xi * inverse).sum(dim=1) - predicted_xi_sum + step * predicted_xi2
+        curvature = predicted_xi2 + (measured_xi2 * inverse * inverse).sum(dim=1)
         step = (step - gradient / curvature.clamp_min(1e-30)).clamp(0, 1)
     return step
 
@@ -374,9 +390,16 @@ def _minibatch_step(
     """One LSQML update of the canvas (and probe) from a mini-batch; returns the batch's summed NLL before it.
 
     The batch is worked through in chunks (cache-sized tensors): a first pass gathers the
-    exit-wave residuals and the update directions, a second finds the step lengths.
+    exit-wave residuals and the update directions, a second finds the step lengths. The update is
+    applied once, after both, so the order of patterns within a batch does not matter: a batch of
+    the whole scan is taken in slices, which need no gathers.
     """
-    chunks = batch.split(CHUNK_PATTERNS)
+    count = int(batch.numel())
+    chunks: list[Batch] = (
+        [slice(start, min(start + CHUNK_PATTERNS, count)) for start in range(0, count, CHUNK_PATTERNS)]
+        if count == problem.count
+        else list(batch.split(CHUNK_PATTERNS))
+    )
     canvas_direction = torch.zeros(preconditioner.shape, dtype=torch.complex64, device=problem.device)
     probe_direction = torch.zeros_like(problem.probe)
     residuals = []
@@ -387,23 +410,33 @@ def _minibatch_step(
         probes = problem.probes_for(chunk)  # (B, P, N, N)
         chi, nll = _exit_wave_residual(problem, windows[:, None] * probes, problem.patterns[chunk], noise_model)
         batch_nll += nll
-        canvas_direction.index_add_(0, flat.reshape(-1), (probes.conj() * chi).sum(dim=1).reshape(-1))
+        # Σ_p conj(P_p)·χ_p: the object's direction, and (with its window of the direction) its step length
+        object_gradient = _mode_sum(probes.conj() * chi)
+        canvas_direction.index_add_(0, flat.reshape(-1), object_gradient.reshape(-1))
         if refine_probe:
             probe_direction += physics.fourier_shift(windows.conj()[:, None] * chi, -problem.ramps[chunk]).sum(dim=0)
-        residuals.append((chunk, flat, windows, probes, chi))
+            residuals.append((chunk, flat, windows, probes, chi))
+        else:
+            residuals.append((chunk, flat, windows, probes, object_gradient))
     canvas_direction = canvas_direction / preconditioner
-    probe_direction = probe_direction / batch.numel()  # the mean: in the probe's own frame
+    probe_direction = probe_direction / count  # the mean: in the probe's own frame
 
     sums: list[list[torch.Tensor]] = [[], [], [], [], []]  # a11, b1, a22, a12, b2 per pattern
-    for chunk, flat, windows, probes, chi in residuals:
-        object_term = canvas_direction[flat][:, None] * probes
-        sums[0].append(_real_inner(object_term, object_term, (1, 2, 3)))
-        sums[1].append(_real_inner(object_term, chi, (1, 2, 3)))
+    for chunk, flat, windows, probes, residual in residuals:
+        direction = canvas_direction[flat]
         if refine_probe:
+            object_term = direction[:, None] * probes
+            sums[0].append(_real_inner(object_term, object_term, (1, 2, 3)))
+            sums[1].append(_real_inner(object_term, residual, (1, 2, 3)))
             probe_term = windows[:, None] * physics.shifted_probes(probe_direction, problem.ramps[chunk])
             sums[2].append(_real_inner(probe_term, probe_term, (1, 2, 3)))
             sums[3].append(_real_inner(object_term, probe_term, (1, 2, 3)))
-            sums[4].append(_real_inner(probe_term, chi, (1, 2, 3)))
+            sums[4].append(_real_inner(probe_term, residual, (1, 2, 3)))
+        else:
+            # ‖Σ_p d·P_p‖² terms without forming d·P_p: Σ|d|²·Σ_p|P_p|² and Re Σ conj(d)·Σ_p conj(P_p)χ_p
+            intensity = problem.probe_intensities_for(chunk, probes)
+            sums[0].append((physics.abs2(direction) * intensity).sum(dim=(-2, -1)))
+            sums[1].append(_real_inner(direction, residual, (1, 2)))
     a11, b1 = torch.cat(sums[0]), torch.cat(sums[1])
     if refine_probe:
         a22, a12, b2 = torch.cat(sums[2]), torch.cat(sums[3]), torch.cat(sums[4])
@@ -421,20 +454,25 @@ def _minibatch_step(
     return batch_nll
 
 
+def _mode_sum(values: torch.Tensor) -> torch.Tensor:
+    """(B, P, N, N) summed over the probe modes; a view (no copy) for one mode."""
+    return values[:, 0] if values.shape[1] == 1 else values.sum(dim=1)
+
+
 def _exit_wave_residual(
     problem: RefinementProblem, exit_waves: torch.Tensor, measured: torch.Tensor, noise_model: NoiseModel
 ) -> tuple[torch.Tensor, float]:
     """χ = F⁻¹(Ψ' − Ψ) for exit waves (B, P, N, N), and the summed NLL of the patterns before the step."""
     far = _far_field(exit_waves)
-    predicted = physics.abs2(far).sum(dim=1)
+    predicted = _mode_sum(physics.abs2(far))
     nll = float(problem._batch_nll(predicted, measured).sum())
     if noise_model is NoiseModel.POISSON:
         xi = (1 - measured / (predicted + physics.EPSILON_COUNTS)) * problem.valid
         lengths = _poisson_step_lengths(predicted, measured, xi)
-        far_change = -(lengths[:, None, None] * xi)[:, None] * far
+        far_change = far.mul_(xi.mul_(-lengths[:, None, None])[:, None])
     else:
         ratio = torch.sqrt(measured / (predicted + physics.EPSILON_COUNTS))
-        far_change = ((ratio - 1) * problem.valid)[:, None] * far
+        far_change = far.mul_(((ratio - 1) * problem.valid)[:, None])
     return torch.fft.ifft2(far_change, norm="ortho"), nll
 
 

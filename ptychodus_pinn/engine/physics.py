@@ -293,8 +293,11 @@ def stitch(
     flat, inside = flat.to(patches.device), inside.to(patches.device)
     numerator = torch.zeros(object_shape[0] * object_shape[1], dtype=moved_patches.dtype, device=patches.device)
     denominator = torch.zeros(object_shape[0] * object_shape[1], dtype=torch.float32, device=patches.device)
-    numerator.index_add_(0, flat[inside], moved_patches[inside])
-    denominator.index_add_(0, flat[inside], moved_weight[inside].clamp_min(0))
+    # pixels off the grid add zero at their clipped index: a mask multiply, where boolean indexing
+    # (nonzero + gather) took three quarters of the stitch
+    flat = flat.reshape(-1)
+    numerator.index_add_(0, flat, (moved_patches * inside).reshape(-1))
+    denominator.index_add_(0, flat, (moved_weight.clamp_min(0) * inside).reshape(-1))
     numerator = numerator.reshape(object_shape)
     denominator = denominator.reshape(object_shape)
     illuminated = denominator > illuminated_threshold * float(weight.max())
@@ -333,6 +336,22 @@ def _leading_eigenvector(first: np.ndarray, second: np.ndarray, values: np.ndarr
     return np.asarray(vectors[:, 0])
 
 
+#: Phase alignment compares patches only where the probe weight exceeds this fraction of its peak (the
+#: probe's tails carry < 10⁻⁴ of its power there and their pixels are barely pinned); on the simulated
+#: N = 64 probe that crops 64² to 39² pixels, 2.7× less work.
+ALIGN_WEIGHT_FLOOR = 1e-3
+
+
+def _support_box(weight: torch.Tensor, floor: float) -> tuple[slice, slice]:
+    """Rows and columns of the smallest box holding every pixel of ``weight`` at or above ``floor`` × its peak."""
+    above = weight >= floor * float(weight.max())
+    rows = torch.nonzero(above.any(dim=1)).flatten()
+    cols = torch.nonzero(above.any(dim=0)).flatten()
+    if rows.numel() == 0:
+        return slice(None), slice(None)
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
 def align_patch_phases(
     patches: torch.Tensor,
     positions_yx_px: np.ndarray,
@@ -358,7 +377,9 @@ def align_patch_phases(
     first = np.repeat(np.arange(count), k)
     second = neighbours.reshape(-1)
     offsets = torch.from_numpy(positions_yx_px[second] - positions_yx_px[first]).to(patches.device)
-    weighted = patches * weight
+    # the same crop of every patch keeps their relative frames: only where the probe carries weight
+    rows, cols = _support_box(weight, ALIGN_WEIGHT_FLOOR)
+    weighted = patches[..., rows, cols] * weight[rows, cols]
     # bring patch j into the frame of patch i
     moved = shift_images(weighted[second], offsets)
     coupling = (weighted[first].conj() * moved).sum(dim=(-2, -1))

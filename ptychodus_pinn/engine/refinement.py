@@ -139,6 +139,14 @@ class RefinementProblem:
         """Pixels of the scan's grid that any probe position lights (above 10⁻³ of the peak)."""
         return (self.cropped(self.illumination) > 1e-3 * float(self.illumination.max())).cpu().numpy()
 
+    def windows(self, canvas: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """(B, N, N): the N×N windows of a canvas-shaped array at the batch's positions.
+
+        Indexing the canvas's sliding-window view copies whole rows: 2.5× faster than a gather by flat index.
+        """
+        top_left = self.top_left[batch]
+        return canvas.unfold(0, self.size, 1).unfold(1, self.size, 1)[top_left[:, 0], top_left[:, 1]]
+
     def flat_indices(self, batch: Batch) -> torch.Tensor:
         return physics.window_flat_indices(self.top_left[batch], self.size, self.canvas_shape[1])
 
@@ -178,7 +186,7 @@ class RefinementProblem:
     # ------------------------------------------------------------------------------- physics
 
     def expected(self, canvas: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-        windows = canvas.reshape(-1)[self.flat_indices(batch)]
+        windows = self.windows(canvas, batch)
         return physics.abs2(_far_field(windows[:, None] * self.probes_for(batch))).sum(dim=1)
 
     def nll(self, canvas: torch.Tensor) -> float:
@@ -202,7 +210,8 @@ def _poisson_step_lengths(predicted: torch.Tensor, measured: torch.Tensor, xi: t
 
     With f = 1 − a·ξ (clamped at 10⁻³ inside the logarithm's term only): dNLL/da = 2·Σ(I·ξ/f − Î·ξ + a·Î·ξ²),
     d²NLL/da² = 2·Σ(Î·ξ² + I·ξ²/f²). The sums that do not depend on a are formed once; each iteration
-    is a few whole-array operations (this loop was a quarter of refinement's time).
+    is a few whole-array operations (this loop was a quarter of refinement's time). Three iterations from
+    a = 0.5: a fourth moved a by < 0.01 and left the five benchmark scans' results unchanged.
     """
     batch = predicted.shape[0]
     xi = xi.reshape(batch, -1)
@@ -212,7 +221,7 @@ def _poisson_step_lengths(predicted: torch.Tensor, measured: torch.Tensor, xi: t
     predicted_xi_sum = predicted_xi.sum(dim=1)
     predicted_xi2 = (predicted_xi * xi).sum(dim=1)
     step = torch.full((batch,), 0.5, device=predicted.device)
-    for _ in range(4):
+    for _ in range(3):
         inverse = torch.addcmul(torch.ones_like(xi), step[:, None], xi, value=-1).clamp_min_(1e-3).reciprocal_()
         gradient = (measured_xi * inverse).sum(dim=1) - predicted_xi_sum + step * predicted_xi2
         curvature = predicted_xi2 + (measured_xi2 * inverse * inverse).sum(dim=1)
@@ -406,7 +415,7 @@ def _minibatch_step(
     batch_nll = 0.0
     for chunk in chunks:
         flat = problem.flat_indices(chunk)
-        windows = problem.canvas.reshape(-1)[flat]  # (B, N, N)
+        windows = problem.windows(problem.canvas, chunk)  # (B, N, N)
         probes = problem.probes_for(chunk)  # (B, P, N, N)
         chi, nll = _exit_wave_residual(problem, windows[:, None] * probes, problem.patterns[chunk], noise_model)
         batch_nll += nll
@@ -415,15 +424,16 @@ def _minibatch_step(
         canvas_direction.index_add_(0, flat.reshape(-1), object_gradient.reshape(-1))
         if refine_probe:
             probe_direction += physics.fourier_shift(windows.conj()[:, None] * chi, -problem.ramps[chunk]).sum(dim=0)
-            residuals.append((chunk, flat, windows, probes, chi))
+            residuals.append((chunk, windows, probes, chi))
         else:
-            residuals.append((chunk, flat, windows, probes, object_gradient))
+            residuals.append((chunk, windows, probes, object_gradient))
     canvas_direction = canvas_direction / preconditioner
     probe_direction = probe_direction / count  # the mean: in the probe's own frame
 
     sums: list[list[torch.Tensor]] = [[], [], [], [], []]  # a11, b1, a22, a12, b2 per pattern
-    for chunk, flat, windows, probes, residual in residuals:
-        direction = canvas_direction[flat]
+    canvas_direction = canvas_direction.reshape(problem.canvas_shape)
+    for chunk, windows, probes, residual in residuals:
+        direction = problem.windows(canvas_direction, chunk)
         if refine_probe:
             object_term = direction[:, None] * probes
             sums[0].append(_real_inner(object_term, object_term, (1, 2, 3)))
@@ -450,7 +460,7 @@ def _minibatch_step(
         problem.probe_changed()
     else:
         alpha_object = (b1 / (a11 + 1e-20)).clamp_min(0)
-    problem.canvas = problem.canvas + _trimmed_mean(alpha_object) * canvas_direction.reshape(problem.canvas_shape)
+    problem.canvas = problem.canvas + _trimmed_mean(alpha_object) * canvas_direction
     return batch_nll
 
 

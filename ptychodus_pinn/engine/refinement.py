@@ -108,9 +108,12 @@ class RefinementProblem:
         self.probe = torch.from_numpy(scan.probe).to(self.device, torch.complex64) * math.sqrt(self.scale)
         self.probe_power = float(physics.abs2(self.probe).sum())
         self.canvas = self._padded(initial_object)
+        self._flat_cache: torch.Tensor | None = None
         self._shifted_cache: torch.Tensor | None = None
+        self._conjugate_cache: torch.Tensor | None = None
         self._intensity_cache: torch.Tensor | None = None
-        self._cache_fits = 8 * self.probe.numel() * self.count <= RESIDUAL_BUDGET_BYTES
+        # shifted probes, their conjugates (complex64) and intensities (float32): 20 bytes per probe value
+        self._cache_fits = 20 * self.probe.numel() * self.count <= PROBE_CACHE_BUDGET_BYTES
         self.illumination = self.compute_illumination()
 
     # ------------------------------------------------------------------------------- geometry
@@ -148,20 +151,34 @@ class RefinementProblem:
         return canvas.unfold(0, self.size, 1).unfold(1, self.size, 1)[top_left[:, 0], top_left[:, 1]]
 
     def flat_indices(self, batch: Batch) -> torch.Tensor:
+        """(B, N, N) flat canvas indices of the batch's windows; for the whole scan formed once (when they fit
+        the probe cache's budget), so a whole-scan batch takes them as views."""
+        if self._flat_cache is None and 8 * self.count * self.size**2 <= PROBE_CACHE_BUDGET_BYTES:
+            self._flat_cache = physics.window_flat_indices(self.top_left, self.size, self.canvas_shape[1])
+        if self._flat_cache is not None:
+            return self._flat_cache[batch]
         return physics.window_flat_indices(self.top_left[batch], self.size, self.canvas_shape[1])
 
     def probes_for(self, batch: Batch) -> torch.Tensor:
         """(B, P, N, N): the probe shifted by each pattern's sub-pixel remainder.
 
-        Cached for the whole scan while the probe stays fixed and the cache fits the residual
-        budget (it saves two of the four FFTs per pattern and step); ``probe_changed`` drops it.
+        Cached for the whole scan while the probe stays fixed and the cache fits its budget (it
+        saves two of the four FFTs per pattern and step); ``probe_changed`` drops it.
         """
         if self._shifted_cache is None and self._cache_fits:
             self._shifted_cache = physics.shifted_probes(self.probe, self.ramps)
+            self._conjugate_cache = self._shifted_cache.conj().resolve_conj()
             self._intensity_cache = physics.abs2(self._shifted_cache).sum(dim=1)
         if self._shifted_cache is not None:
             return self._shifted_cache[batch]
         return physics.shifted_probes(self.probe, self.ramps[batch])
+
+    def conjugate_probes_for(self, batch: Batch, probes: torch.Tensor) -> torch.Tensor:
+        """conj(``probes_for(batch)``), given as ``probes``, materialised: a product with a lazily
+        conjugated tensor copies it first and runs 3× slower than one with a plain tensor."""
+        if self._conjugate_cache is not None and self._shifted_cache is not None:
+            return self._conjugate_cache[batch]
+        return probes.conj().resolve_conj()
 
     def probe_intensities_for(self, batch: Batch, probes: torch.Tensor) -> torch.Tensor:
         """(B, N, N): Σ_p |P_p|² of ``probes_for(batch)`` (given as ``probes``), from the cache when there is one."""
@@ -172,6 +189,7 @@ class RefinementProblem:
     def probe_changed(self) -> None:
         """A refined probe changes every mini-batch: shift it per batch from now on."""
         self._shifted_cache = None
+        self._conjugate_cache = None
         self._intensity_cache = None
         self._cache_fits = False
 
@@ -323,6 +341,7 @@ def scaled_start(problem: RefinementProblem, obj: np.ndarray) -> tuple[torch.Ten
 
 
 RESIDUAL_BUDGET_BYTES = 256 * 2**20
+PROBE_CACHE_BUDGET_BYTES = 512 * 2**20
 
 
 def max_batch_patterns(size_px: int, probe_modes: int = 1) -> int:
@@ -420,7 +439,7 @@ def _minibatch_step(
         chi, nll = _exit_wave_residual(problem, windows[:, None] * probes, problem.patterns[chunk], noise_model)
         batch_nll += nll
         # Σ_p conj(P_p)·χ_p: the object's direction, and (with its window of the direction) its step length
-        object_gradient = _mode_sum(probes.conj() * chi)
+        object_gradient = _mode_sum(problem.conjugate_probes_for(chunk, probes) * chi)
         canvas_direction.index_add_(0, flat.reshape(-1), object_gradient.reshape(-1))
         if refine_probe:
             probe_direction += physics.fourier_shift(windows.conj()[:, None] * chi, -problem.ramps[chunk]).sum(dim=0)
@@ -479,10 +498,13 @@ def _exit_wave_residual(
     if noise_model is NoiseModel.POISSON:
         xi = (1 - measured / (predicted + physics.EPSILON_COUNTS)) * problem.valid
         lengths = _poisson_step_lengths(predicted, measured, xi)
-        far_change = far.mul_(xi.mul_(-lengths[:, None, None])[:, None])
+        factor = xi.mul_(-lengths[:, None, None])
     else:
-        ratio = torch.sqrt(measured / (predicted + physics.EPSILON_COUNTS))
-        far_change = far.mul_(((ratio - 1) * problem.valid)[:, None])
+        factor = (torch.sqrt(measured / (predicted + physics.EPSILON_COUNTS)) - 1) * problem.valid
+    # scale the complex far field by a real factor in place, on its real view: a complex × real product
+    # would first copy the factor to complex
+    torch.view_as_real(far).mul_(factor[:, None, :, :, None])
+    far_change = far
     return torch.fft.ifft2(far_change, norm="ortho"), nll
 
 

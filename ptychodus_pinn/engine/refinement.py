@@ -22,6 +22,13 @@ from the algorithm:
    (positive correlation), a velocity with friction estimated from how fast that correlation decays
    extrapolates the object (the momentum scheme of LSQML/PtychoShelves); it stops itself when
    updates disagree.
+6. *Safeguard.* Once the batch is the whole scan, an epoch's NLL is exactly that of the state it
+   started from. The first time it is worse than the epoch before, the velocity is dropped and
+   whole-scan object steps switch from the trimmed mean of per-pattern lengths (long, fast while
+   far from the answer) to the joint least-squares length Σb/Σa over all patterns. Without this,
+   the likelihood climbed again after convergence (Siemens star from epoch ~50: phase SSIM 0.89 →
+   0.84 by epoch 100; 10⁴ photons from epoch ~25), with or without momentum; with it no scan of
+   the 16 measured rose again and the first 40 epochs are unchanged.
 
 Everything runs in complex64 on the chosen device. ``iterate_refinement`` yields one
 :class:`RefinementReport` per epoch (cdtools-style), ``refine`` runs it to the end and returns the
@@ -109,6 +116,9 @@ class RefinementProblem:
         self.probe_power = float(physics.abs2(self.probe).sum())
         self.canvas = self._padded(initial_object)
         self._flat_cache: torch.Tensor | None = None
+        # set once a whole-scan epoch found the likelihood worse: from then on, whole-scan steps use the joint
+        # least-squares length Σb/Σa instead of the trimmed mean of per-pattern lengths (iterate_refinement)
+        self.joint_step_length = False
         self._shifted_cache: torch.Tensor | None = None
         self._conjugate_cache: torch.Tensor | None = None
         self._intensity_cache: torch.Tensor | None = None
@@ -266,7 +276,9 @@ class _EpochUpdates:
     Successive updates that point against each other (lag-1 correlation < 0) mean mini-batch
     noise has overtaken progress: the batch doubles. Updates that keep pointing the same way
     feed a heavy-ball velocity whose friction is the decay rate of that correlation with lag
-    (the LSQML/PtychoShelves acceleration); when they disagree the velocity halves.
+    (the LSQML/PtychoShelves acceleration); when they disagree the velocity halves. When a
+    whole-scan epoch finds the likelihood worse than the one before, ``restart`` drops the velocity
+    (function-value restart, O'Donoghue & Candès 2015; step 6 of the module docstring).
     """
 
     MEMORY = 2
@@ -286,6 +298,11 @@ class _EpochUpdates:
             self.history.pop(0)
         current = self.history[-1]
         return [float((previous.conj() * current).mean().real) for previous in self.history[-2::-1]]
+
+    def restart(self) -> None:
+        """Forget the velocity (the last extrapolation made the likelihood worse)."""
+        if self.velocity is not None:
+            self.velocity = torch.zeros_like(self.velocity)
 
     def extrapolation(self, update: torch.Tensor, correlations: list[float], weight: torch.Tensor) -> torch.Tensor | None:
         """The extra move to add after this epoch, or None."""
@@ -365,6 +382,7 @@ def iterate_refinement(
     working_seconds = 0.0  # the loop's own time: what the caller does between epochs is not counted
     batch_size = min(config.batch_size, problem.count)
     largest_batch = min(problem.count, max(config.batch_size, max_batch_patterns(problem.size, problem.probe.shape[0])))
+    previous_whole_scan_nll = math.inf  # NLL of the last epoch that ran as one batch: the state it started from
     for epoch in range(1, config.epochs + 1):
         epoch_started = time.perf_counter()
         epoch_start_canvas = problem.canvas.clone()
@@ -387,20 +405,29 @@ def iterate_refinement(
             problem.probe = problem.probe * math.sqrt(problem.probe_power / max(power, 1e-30))
             problem.probe_changed()
             problem.illumination = problem.compute_illumination()
+        epoch_nll = nll_sum / max(seen, 1) / problem.mean_counts
         if not stopped:
+            overshot = False
+            if batch_size >= problem.count:  # one batch: its NLL is exactly that of the state the epoch began with
+                overshot = epoch_nll > previous_whole_scan_nll
+                previous_whole_scan_nll = epoch_nll
             update = problem.canvas - epoch_start_canvas
             correlations = updates.record(update)
             if correlations and correlations[0] < 0 and batch_size < largest_batch:
                 batch_size = min(2 * batch_size, largest_batch)
-            weight = problem.illumination / (problem.illumination + 0.1 * problem.illumination.max())
-            extra = updates.extrapolation(update, correlations, weight)
-            if extra is not None:
-                problem.canvas = problem.canvas + extra
+            if overshot:
+                updates.restart()
+                problem.joint_step_length = True
+            else:
+                weight = problem.illumination / (problem.illumination + 0.1 * problem.illumination.max())
+                extra = updates.extrapolation(update, correlations, weight)
+                if extra is not None:
+                    problem.canvas = problem.canvas + extra
         working_seconds += time.perf_counter() - epoch_started
         yield RefinementReport(
             epoch=epoch,
             epochs=config.epochs,
-            nll=nll_sum / max(seen, 1) / problem.mean_counts,
+            nll=epoch_nll,
             seconds=working_seconds,
             batch_size=batch_size,
             stopped=stopped,
@@ -479,7 +506,12 @@ def _minibatch_step(
         problem.probe_changed()
     else:
         alpha_object = (b1 / (a11 + 1e-20)).clamp_min(0)
-    problem.canvas = problem.canvas + _trimmed_mean(alpha_object) * canvas_direction
+    if problem.joint_step_length and count == problem.count and not refine_probe:
+        # the one step that best explains all residuals together: never longer than the data support
+        step_object = (b1.sum() / (a11.sum() + 1e-20)).clamp_min(0)
+    else:
+        step_object = _trimmed_mean(alpha_object)
+    problem.canvas = problem.canvas + step_object * canvas_direction
     return batch_nll
 
 

@@ -17,7 +17,7 @@ defoci, and a dose spread evenly in log from 10³ to 10⁷ photons per pattern. 
 seed (2000 + index), so none of them is a scan the tests, the demo or the benchmarks simulate.
 Each pattern is trained against the probe that lit it (``datasets.scan_probes``). One probe mode
 throughout: the model has one probe tensor shape. ``broad-one-probe`` keeps the objects and paths
-with the default probe and 10⁴–10⁶ photons. Measured (``benchmarks/results/pretrained-cpu.md``):
+with the default probe and 10⁴–10⁶ photons. Measured (``benchmarks/results/pretrained-models-cpu.md``):
 fine-tuned with ``distil`` the one-probe corpus made the network better on all five unseen benchmark
 kinds; the probe-varied one did not (better on Siemens stars, worse on lines, circuits and grains), and
 neither corpus trained with ``pinn`` alone beat the siemens-lines model.

@@ -42,6 +42,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 from ptychodus_pinn.app.outputs import write_json  # noqa: E402
+from ptychodus_pinn.app.pretrain import corpus_scans  # noqa: E402
 from ptychodus_pinn.engine import training  # noqa: E402
 from ptychodus_pinn.engine.config import (  # noqa: E402
     ExecutionConfig,
@@ -112,8 +113,10 @@ def run_kind(
     ceiling: bool = True,
     learning_rate: float | None = None,
     seeds: tuple[int, int, int] = (*TRAIN_SEEDS, TEST_SEED),
+    rehearsal: tuple[Scan, ...] = (),
 ) -> dict[str, Any]:
     train_scans = [simulate_scan(kind, photons, positions, N, seed=seed, path=path) for seed in seeds[:2]]
+    train_scans += rehearsal  # corpus scans trained on beside them (--rehearse); scored on the first scan only
     test = simulate_scan(kind, photons, positions, N, seed=seeds[2], path=path)
     row: dict[str, Any] = {"kind": kind, "path": path}
     started = time.perf_counter()
@@ -162,7 +165,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"Training targets, network alone on a held-out scan of the same kind (N={settings['N']}, {settings['positions']} "
         f"patterns, {settings['photons']:.0e} photons, width 1, {settings['epochs']} epochs on 2 scans, distil targets "
         f"refreshed every {settings['refresh']} epochs, learning rate {settings.get('learning_rate') or 'default'}, "
-        f"seeds {settings['train_seeds']} → {settings['test_seed']}, {results['machine']}):",
+        f"seeds {settings['train_seeds']} → {settings['test_seed']}, {results['machine']}"
+        + (f"; plus {settings['rehearse_corpus_scans']} corpus scans rehearsed" if settings.get("rehearse_corpus_scans") else "")
+        + "):",
         "",
         "| kind | " + " | ".join(COLUMNS[key] for key in present) + " | refinement from flat |",
         "|---|" + "---|" * (len(present) + 1),
@@ -210,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
         help="scan seeds: two to train on, one held out (keep them out of the warm-start model's corpus)",
     )
     parser.add_argument("--learning-rate", type=float, default=None, help="training's learning rate (default: TrainingConfig's)")
+    parser.add_argument(
+        "--rehearse",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also train on the first K broad-one-probe corpus scans (400 patterns each; rehearsal against forgetting)",
+    )
     parser.add_argument("--name", default="training-targets-cpu")
     parser.add_argument("--out", default=str(HERE / "results"))
     arguments = parser.parse_args(argv)
@@ -217,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.shipped_only and arguments.initial_model is None:
         parser.error("--shipped-only needs --initial-model")
     initial = None if arguments.initial_model is None else load_model(arguments.initial_model)
+    rehearsal = tuple(corpus_scans(arguments.rehearse, arguments.size, 400, one_probe=True)) if arguments.rehearse else ()
     rows = []
     for spec in arguments.kinds:
         kind, _, path = spec.partition(":")
@@ -225,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 kind, path or "jittered", arguments.size, arguments.positions, arguments.photons, arguments.epochs,
                 arguments.refresh, initial, tuple(arguments.targets), arguments.distil_weight,
                 not arguments.shipped_only, not arguments.skip_ceiling, arguments.learning_rate, tuple(arguments.seeds),
+                rehearsal,
             )
         )  # fmt: skip
     import platform
@@ -234,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                      "epochs": arguments.epochs, "refresh": arguments.refresh,
                      "distil_weight": arguments.distil_weight, "train_seeds": list(arguments.seeds[:2]),
                      "test_seed": arguments.seeds[2], "learning_rate": arguments.learning_rate,
-                     "threads": arguments.threads},
+                     "rehearse_corpus_scans": arguments.rehearse, "threads": arguments.threads},
         "machine": f"{platform.processor() or platform.machine()}, {arguments.threads} torch threads",
         "rows": rows,
     }  # fmt: skip

@@ -276,7 +276,9 @@ def run_ptychi(
         result["probe"] = (refined * (refined.shape[-1] / math.sqrt(intensity_scale))).astype(np.complex64)
     if use_gpu:
         result["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated())
-    torch.set_default_device("cpu")
+    # no default device at all (pty-chi sets one): even "cpu" keeps a device mode that intercepts every later
+    # torch call in this process, which made our own timings after an LSQML run ~8 % slower (measured)
+    torch.set_default_device(None)
     return result
 
 

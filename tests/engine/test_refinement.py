@@ -3,6 +3,7 @@ a flat start, probe recovery, the start choice, Stop and progress."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -14,7 +15,7 @@ from ptychodus_pinn.engine import physics
 from ptychodus_pinn.engine.config import RefinementConfig, RefinementStart
 from ptychodus_pinn.engine.data import Scan
 from ptychodus_pinn.engine.metrics import compare
-from ptychodus_pinn.engine.refinement import RefinementProblem, filled_start, iterate_refinement, refine
+from ptychodus_pinn.engine.refinement import RefinementProblem, choose_start, filled_start, iterate_refinement, refine
 from ptychodus_pinn.engine.simulate import simulate_scan
 
 
@@ -77,6 +78,22 @@ def test_truth_is_a_fixed_point_with_fractional_positions(bright_scan):
     change = float((problem.canvas - start)[lit].abs().max() / start[lit].abs().mean())
     assert change < 0.02, f"the truth moved by {change:.3f} of its mean amplitude"
     assert problem.nll(problem.canvas) <= start_nll + 1e-6
+
+
+def test_two_probe_modes_keep_the_truth_and_recover_it_from_flat(bright_scan):
+    """Incoherent modes go through every mode sum of the update (Σ_p conj(P_p)·χ_p, Σ_p |P_p|², the caches)."""
+    first = bright_scan.probe[0]
+    modes = np.stack([0.9 * first, 0.4 * np.roll(first, 2, axis=0)]).astype(np.complex64)
+    scan = _noiseless(dataclasses.replace(bright_scan, probe=modes))
+    problem = RefinementProblem(scan, scan.ground_truth)
+    choose_start(problem, scan.ground_truth, RefinementStart.NETWORK)
+    start = problem.canvas.clone()
+    for _ in iterate_refinement(problem, RefinementConfig(epochs=3)):
+        pass
+    lit = problem.illumination > 0.05 * problem.illumination.max()
+    assert float((problem.canvas - start)[lit].abs().max() / start[lit].abs().mean()) < 0.02
+    result = refine(scan, None, RefinementConfig(epochs=25))
+    assert compare(result.object, scan.ground_truth, result.illuminated).phase_ssim > 0.85
 
 
 def test_refinement_from_flat_recovers_the_object(bright_scan):

@@ -3,6 +3,7 @@ then joint refinement against every pattern (``refinement.py``), on by default (
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -78,6 +79,17 @@ def confidence_for(
     return maps
 
 
+def with_confidence(reconstruction: Reconstruction, scan: Scan) -> Reconstruction:
+    """The reconstruction with its confidence maps, computed now if it has none (the network's object, when it
+    becomes the result after all)."""
+    if reconstruction.phase_std_rad is not None:
+        return reconstruction
+    phase_std, amplitude_std = confidence_for(
+        reconstruction.object, reconstruction.probe if reconstruction.probe is not None else scan.probe, scan
+    )
+    return dataclasses.replace(reconstruction, phase_std_rad=phase_std, amplitude_std=amplitude_std)
+
+
 def check_scan_fits(model: PinnModel, scan: Scan) -> None:
     if scan.size_px != model.config.N:
         raise ScanError(
@@ -123,6 +135,7 @@ def reconstruct_network(
     execution: ExecutionConfig | None = None,
     align_phases: bool = True,
     devices: DeviceSpec | None = None,
+    confidence: bool = True,
 ) -> Reconstruction:
     """The network's object: one forward pass plus stitching onto ``scan.object_shape``.
 
@@ -133,7 +146,8 @@ def reconstruct_network(
     The network input normalisation is recomputed from this scan (so a different dose works).
     Patch phases are aligned on their overlaps before stitching (see physics.align_patch_phases).
     ``execution.middle_trim`` crops patch edges; ``execution.pad_eval`` keeps patches that hang
-    over the grid edge (their in-grid part), otherwise such patches are left out.
+    over the grid edge (their in-grid part), otherwise such patches are left out. ``confidence``: also the
+    photon-counting confidence maps (off when refinement follows: the result's maps are the refined object's).
     """
     execution = execution or ExecutionConfig()
     check_scan_fits(model, scan)
@@ -165,7 +179,7 @@ def reconstruct_network(
     )
     finished = time.perf_counter()
     release_cached_memory(device)
-    phase_std, amplitude_std = confidence_for(obj.numpy(), scan.probe, scan)
+    phase_std, amplitude_std = confidence_for(obj.numpy(), scan.probe, scan) if confidence else (None, None)
     return Reconstruction(
         object=obj.numpy().astype(np.complex64),
         illuminated=illuminated.numpy(),
@@ -294,12 +308,15 @@ def network_object(
     devices: DeviceSpec | None = None,
     align_phases: bool = True,
     release: bool = True,
+    confidence: bool = True,
 ) -> Reconstruction:
     """:func:`reconstruct_network` that leaves the model in its training state (a preview of a model being
     trained) and, with ``release``, back on the CPU with cached accelerator memory returned."""
     was_training = bool(model.training)
     try:
-        return reconstruct_network(model, scan, execution=execution, align_phases=align_phases, devices=devices)
+        return reconstruct_network(
+            model, scan, execution=execution, align_phases=align_phases, devices=devices, confidence=confidence
+        )
     finally:
         model.train(was_training)
         if release:
@@ -335,7 +352,10 @@ def reconstruct_stages(
     devices = device_spec(execution)
     network = None
     if model is not None:
-        network = network_object(model, scan, execution=execution, align_phases=align_phases, devices=devices)
+        # its confidence maps only where it can become the result: refinement off, stopped or failed
+        network = network_object(
+            model, scan, execution=execution, align_phases=align_phases, devices=devices, confidence=refinement.epochs == 0
+        )
         logger.info("Network: %d patterns in %.2f s (%.0f patterns/s)", scan.count, network.seconds, network.patterns_per_second)
         if refinement.epochs == 0:
             logger.info("Refinement is off (refinement epochs 0): the network's object is the result")
@@ -344,7 +364,7 @@ def reconstruct_stages(
         yield NetworkStage(network)
         if should_stop is not None and should_stop():
             logger.info("Stopped after the network stage: the network's object is the result")
-            yield FinalResult(network, fallback="stopped after the network stage")
+            yield FinalResult(with_confidence(network, scan), fallback="stopped after the network stage")
             return
     try:
         refined = yield from _refinement_stage(scan, network, refinement, devices, should_stop)
@@ -354,7 +374,7 @@ def reconstruct_stages(
         first_line = (str(error).strip().splitlines() or [""])[0]
         logger.error("Refinement failed (%s: %s); the network's object is the result", type(error).__name__, first_line)
         logger.debug("traceback", exc_info=error)
-        yield FinalResult(network, fallback=f"refinement failed: {type(error).__name__}: {first_line}")
+        yield FinalResult(with_confidence(network, scan), fallback=f"refinement failed: {type(error).__name__}: {first_line}")
         return
     yield FinalResult(refined)
 

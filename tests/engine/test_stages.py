@@ -28,6 +28,8 @@ def test_events_in_order_and_the_model_left_as_it_was(
     final = events[-1]
     assert final.fallback is None and final.reconstruction.stages == ("network", "refinement")
     assert np.array_equal(final.reconstruction.network_object, events[0].reconstruction.object)
+    # confidence maps once, for the result: not for the network's object that refinement replaces
+    assert events[0].reconstruction.phase_std_rad is None and final.reconstruction.phase_std_rad is not None
     assert model.training and {parameter.device.type for parameter in model.parameters()} == {"cpu"}
     progress = [record.getMessage() for record in caplog.records if record.getMessage().startswith("Refinement epoch ")]
     assert [message.split(":")[0] for message in progress] == [f"Refinement epoch {epoch}/20" for epoch in range(2, 21, 2)]
@@ -37,10 +39,12 @@ def test_refinement_off_stop_after_the_network_and_no_model(small_scan: Any, tra
     model = trained_small.model
     (only,) = reconstruct_stages(model, small_scan, execution=CPU, refinement=RefinementConfig(epochs=0))
     assert isinstance(only, FinalResult) and only.reconstruction.stages == ("network",)
+    assert only.reconstruction.phase_std_rad is not None
 
     events = list(reconstruct_stages(model, small_scan, execution=CPU, should_stop=lambda: True))
     assert [type(event) for event in events] == [NetworkStage, FinalResult]
     assert events[1].fallback == "stopped after the network stage"
+    assert events[1].reconstruction.phase_std_rad is not None  # the network's object became the result: its maps
 
     flat = list(reconstruct_stages(None, small_scan, execution=CPU, refinement=RefinementConfig(epochs=2)))
     assert not any(isinstance(event, NetworkStage) for event in flat)
@@ -60,6 +64,7 @@ def test_a_refinement_failure_leaves_the_network_object(
     caplog.set_level(logging.INFO, logger="ptychodus_pinn")
     result = reconstruct(trained_small.model, small_scan, execution=CPU)  # the CLI's path: the same rule
     assert result.stages == ("network",) and result.refinement is None
+    assert result.phase_std_rad is not None and result.amplitude_std is not None
     assert "Refinement failed (RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB)" in caplog.text
     with pytest.raises(RuntimeError, match="out of memory"):  # nothing to fall back to without a network
         reconstruct(None, small_scan, execution=CPU)

@@ -178,7 +178,7 @@ class RefinementProblem:
         if self._shifted_cache is None and self._cache_fits:
             self._shifted_cache = physics.shifted_probes(self.probe, self.ramps)
             self._conjugate_cache = self._shifted_cache.conj().resolve_conj()
-            self._intensity_cache = physics.abs2(self._shifted_cache).sum(dim=1)
+            self._intensity_cache = _mode_sum(physics.abs2(self._shifted_cache))
         if self._shifted_cache is not None:
             return self._shifted_cache[batch]
         return physics.shifted_probes(self.probe, self.ramps[batch])
@@ -194,7 +194,7 @@ class RefinementProblem:
         """(B, N, N): Σ_p |P_p|² of ``probes_for(batch)`` (given as ``probes``), from the cache when there is one."""
         if self._intensity_cache is not None and self._shifted_cache is not None:
             return self._intensity_cache[batch]
-        return physics.abs2(probes).sum(dim=1)
+        return _mode_sum(physics.abs2(probes))
 
     def probe_changed(self) -> None:
         """A refined probe changes every mini-batch: shift it per batch from now on."""
@@ -542,8 +542,7 @@ def _exit_wave_residual(
     # scale the complex far field by a real factor in place, on its real view: a complex × real product
     # would first copy the factor to complex
     torch.view_as_real(far).mul_(factor[:, None, :, :, None])
-    far_change = far
-    return torch.fft.ifft2(far_change, norm="ortho"), nll
+    return torch.fft.ifft2(far, norm="ortho"), nll
 
 
 def refine_steps(

@@ -174,7 +174,8 @@ class PinnLightningModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         # oneDNN's CPU convolutions are ~1.3× faster per epoch with channels-last weights (network.py);
-        # _train_once puts the default layout back, so checkpoints and saved models keep it
+        # _train_once puts the default layout back, so the returned (and saved) model has it; Lightning's
+        # mid-training checkpoints hold channels-last tensors, which loading copies into either layout
         if self.device.type == "cpu":
             set_convolution_layout(self.model.generator, torch.channels_last)
 

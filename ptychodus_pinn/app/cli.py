@@ -398,11 +398,12 @@ def command_pretrain(arguments: argparse.Namespace) -> int:
     from ptychodus_pinn.app.outputs import check_output_file
     from ptychodus_pinn.app.pretrain import run_pretraining
 
-    check_output_file(Path(arguments.out), "--out")
+    out = Path(arguments.out if arguments.out is not None else f"resources/pretrained-n{arguments.size}.pinn.pt")
+    check_output_file(out, "--out")
 
     training = config_values(arguments, TrainingConfig)  # PRETRAIN_DEFAULTS unless given
     run_pretraining(
-        Path(arguments.out), execution_config_from(arguments), epochs=training["epochs"], size_px=arguments.size,
+        out, execution_config_from(arguments), epochs=training["epochs"], size_px=arguments.size,
         learning_rate=training["learning_rate"], corpus_name=arguments.corpus, count=arguments.scans,
         n_positions=arguments.positions, mode=TrainingMode(arguments.mode),
         initial_model=None if arguments.initial_model is None else Path(arguments.initial_model),
@@ -493,8 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
         "patches too",
     )  # fmt: skip
     pretrain.add_argument("--initial-model", default=None, help="fine-tune this saved model instead of random weights")
-    pretrain.add_argument("--out", default="resources/pretrained-n64.pinn.pt")
-    pretrain.add_argument("--size", type=int, default=64)
+    pretrain.add_argument("--out", default=None, help="default: resources/pretrained-nN.pinn.pt, N from --size")
+    pretrain.add_argument("--size", type=int, default=64, help="pattern size N in pixels (default 64; models ship for 64, 128)")
     pretrain.add_argument("--scans", type=positive_integer, default=25, help="broad corpus: scans (default 25)")
     pretrain.add_argument("--positions", type=positive_integer, default=400, help="broad corpus: patterns per scan (default 400)")
     add_config_arguments(pretrain, TrainingConfig, "training", only=list(PRETRAIN_DEFAULTS), defaults=PRETRAIN_DEFAULTS)

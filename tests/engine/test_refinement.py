@@ -80,6 +80,26 @@ def test_truth_is_a_fixed_point_with_fractional_positions(bright_scan):
     assert problem.nll(problem.canvas) <= start_nll + 1e-6
 
 
+def test_scaled_start_scores_its_scaled_canvas_in_one_pass(bright_scan, monkeypatch):
+    """The start's NLL comes from its kept, rescaled predictions: equal to a fresh pass over the scaled canvas,
+    and computed without one (also when the predictions exceed the budget and a second pass is needed)."""
+    from ptychodus_pinn.engine import refinement
+
+    problem = RefinementProblem(bright_scan, None)
+    start = 0.5 * bright_scan.ground_truth
+    canvas, nll = refinement.scaled_start(problem, start)
+    unhalved, _ = refinement.scaled_start(problem, bright_scan.ground_truth)
+    # the amplitude scale comes from the counts (the padding outside the object, ones, is scaled too)
+    assert torch.allclose(problem.cropped(canvas), problem.cropped(unhalved), rtol=1e-4, atol=1e-5)
+    assert nll == pytest.approx(problem.nll(canvas), rel=1e-5)
+    passes = []
+    monkeypatch.setattr(RefinementProblem, "nll", lambda self, canvas: passes.append(1) or 0.0)
+    refinement.scaled_start(problem, start)
+    assert passes == []
+    monkeypatch.setattr(refinement, "RESIDUAL_BUDGET_BYTES", 1)
+    assert refinement.scaled_start(problem, start)[1] == 0.0 and passes == [1]
+
+
 def test_two_probe_modes_keep_the_truth_and_recover_it_from_flat(bright_scan):
     """Incoherent modes go through every mode sum of the update (Σ_p conj(P_p)·χ_p, Σ_p |P_p|², the caches)."""
     first = bright_scan.probe[0]

@@ -1,7 +1,7 @@
 """``ptychodus-pinn pretrain``: the shipped starting model and the corpora it can be trained on (issue 10).
 
 The shipped ``resources/pretrained-n64.pinn.pt`` is two runs of this command (``docs/quality.md``,
-"Distilled pretraining"):
+"Distilled pretraining"), and ``resources/pretrained-n128.pinn.pt`` the same two with ``--size 128``:
 
 1. ``pretrain --out stage1.pinn.pt`` (the defaults): the ``siemens-lines`` corpus, eight scans of Siemens
    stars and lines (seeds 100–107, 576 patterns, 10⁴–10⁶ photons, the default probe), ``pinn`` mode,

@@ -104,9 +104,9 @@ class Field:
 
 
 ACCELERATOR_CHOICES: tuple[str, ...] = tuple(accelerator.value for accelerator in Accelerator)
-# The architecture of the shipped pretrained model (resources/pretrained-n64.pinn.pt, trained by
-# ``ptychodus_pinn.app.demo.pretrain``): the panel's width agrees with it, so "Train On The Scan First"
-# warm-starts from it with default settings. ``tests/plugin/test_settings.py`` checks the shipped file.
+# The architecture of the shipped pretrained models (resources/pretrained-n64.pinn.pt and -n128, trained by
+# ``ptychodus-pinn pretrain``, app/pretrain.py): the panel's width agrees with them, so "Train On The Scan First"
+# warm-starts from them with default settings. ``tests/plugin/test_settings.py`` checks the shipped files.
 SHIPPED_MODEL_WIDTH = 1
 # panel defaults that differ from the engine's, and why (said in the tool tip)
 PANEL_DEFAULTS: Mapping[str, tuple[Any, str]] = {

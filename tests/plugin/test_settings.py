@@ -173,17 +173,18 @@ def test_round_trip_every_field(config: RunConfig, mode: TrainingMode, refinemen
     assert settings_to_run_config(values, N=64, mode=mode) == config
 
 
-def test_defaults_agree_with_the_shipped_model() -> None:
-    """Default settings warm-start from the shipped model (no "Warm start skipped ... another architecture")."""
+@pytest.mark.parametrize("size_px", [64, 128])
+def test_defaults_agree_with_the_shipped_model(size_px: int) -> None:
+    """Default settings warm-start from the shipped models (no "Warm start skipped ... another architecture")."""
     from ptychodus_pinn.engine.model import warm_start_mismatches
     from ptychodus_pinn.engine.persistence import load_pretrained
     from ptychodus_pinn.plugin.settings import architecture_changes
 
-    shipped = load_pretrained(64)
+    shipped = load_pretrained(size_px)
     _, values = _settings()
-    config = settings_to_run_config(values, N=64)
+    config = settings_to_run_config(values, N=size_px)
     assert not warm_start_mismatches(shipped.config, config.model), architecture_changes(shipped.config, config.model)
-    wider = settings_to_run_config({**values.values(), "n_filters_scale": 2}, N=64)
+    wider = settings_to_run_config({**values.values(), "n_filters_scale": 2}, N=size_px)
     assert architecture_changes(shipped.config, wider.model) == ["Network Width (n_filters_scale) to 1"]
 
 

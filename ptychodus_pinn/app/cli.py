@@ -253,11 +253,19 @@ SIMULATE_LIMITS = {
 }
 
 
+def check_pattern_size_flag(size_px: int) -> None:
+    """``--size`` among the pattern sizes the network is built for, named as typed."""
+    from ptychodus_pinn.engine.config import SUPPORTED_PATTERN_SIZES_PX
+
+    if size_px not in SUPPORTED_PATTERN_SIZES_PX:
+        sizes = ", ".join(map(str, SUPPORTED_PATTERN_SIZES_PX))
+        raise CliError(f"--size={size_px} is not allowed; it must be one of {sizes}")
+
+
 def check_simulate_arguments(arguments: argparse.Namespace) -> None:
     """Each simulate flag in its range, named as typed (numpy's own words name neither)."""
     import math
 
-    from ptychodus_pinn.engine.config import SUPPORTED_PATTERN_SIZES_PX
     from ptychodus_pinn.engine.data import available_memory_bytes
 
     for name, (low, low_in, high, high_in, allowed) in SIMULATE_LIMITS.items():
@@ -266,9 +274,7 @@ def check_simulate_arguments(arguments: argparse.Namespace) -> None:
         below = value <= high if high_in else value < high
         if not (math.isfinite(value) and above and below):
             raise CliError(f"--{name.replace('_', '-')}={value:g} is not allowed; it must be {allowed}")
-    if arguments.size not in SUPPORTED_PATTERN_SIZES_PX:
-        sizes = ", ".join(map(str, SUPPORTED_PATTERN_SIZES_PX))
-        raise CliError(f"--size={arguments.size} is not allowed; it must be one of {sizes}")
+    check_pattern_size_flag(arguments.size)
     need = 16.0 * arguments.n_positions * arguments.size**2  # counts as float64 and float32, and a working copy
     available = available_memory_bytes()
     if available is not None and need > available:
@@ -398,6 +404,7 @@ def command_pretrain(arguments: argparse.Namespace) -> int:
     from ptychodus_pinn.app.outputs import check_output_file
     from ptychodus_pinn.app.pretrain import run_pretraining
 
+    check_pattern_size_flag(arguments.size)
     out = Path(arguments.out if arguments.out is not None else f"resources/pretrained-n{arguments.size}.pinn.pt")
     check_output_file(out, "--out")
 

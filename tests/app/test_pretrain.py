@@ -87,3 +87,22 @@ def test_stage_one_of_the_shipped_models_recipe_is_the_default():
     recipe = shipped.record.extra["pretrained_on"]
     # stage 2 (docs/quality.md, "Distilled pretraining") names stage 1's corpus inside its own
     assert "broad-one-probe corpus" in recipe and "distil mode, 30 epochs" in recipe and "100..107" in recipe
+
+
+def test_pretrain_refuses_an_unsupported_size_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --out, resources/pretrained-n33.pinn.pt, must not be created
+    assert main(["pretrain", "--size", "33", "--epochs", "1"]) == 2
+    captured = capsys.readouterr()
+    assert "--size=33 is not allowed; it must be one of 32, 64, 128, 256" in captured.err
+    assert "corpus:" not in captured.out and not (tmp_path / "resources").exists()
+
+
+def test_pretrain_names_its_default_output_after_the_size(tmp_path, monkeypatch):
+    import ptychodus_pinn.app.pretrain as pretrain
+
+    written = []
+    monkeypatch.setattr(pretrain, "run_pretraining", lambda out, *args, **kwargs: written.append(out) or out)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "resources").mkdir()
+    assert main(["pretrain", "--size", "128", "--epochs", "1"]) == 0
+    assert [str(path) for path in written] == ["resources/pretrained-n128.pinn.pt"]

@@ -401,12 +401,14 @@ PRETRAIN_DEFAULTS = {"epochs": 40, "learning_rate": 3e-3}
 
 
 def command_pretrain(arguments: argparse.Namespace) -> int:
-    from ptychodus_pinn.app.outputs import check_output_file
+    from ptychodus_pinn.app.outputs import check_output_file, check_outputs_spare_inputs
     from ptychodus_pinn.app.pretrain import run_pretraining
 
     check_pattern_size_flag(arguments.size)
     out = Path(arguments.out if arguments.out is not None else f"resources/pretrained-n{arguments.size}.pinn.pt")
     check_output_file(out, "--out")
+    if arguments.initial_model is not None:  # e.g. fine-tuning the shipped model with the default --out
+        check_outputs_spare_inputs({out: "--out"}, {Path(arguments.initial_model): "--initial-model"})
 
     training = config_values(arguments, TrainingConfig)  # PRETRAIN_DEFAULTS unless given
     run_pretraining(

@@ -106,3 +106,14 @@ def test_pretrain_names_its_default_output_after_the_size(tmp_path, monkeypatch)
     (tmp_path / "resources").mkdir()
     assert main(["pretrain", "--size", "128", "--epochs", "1"]) == 0
     assert [str(path) for path in written] == ["resources/pretrained-n128.pinn.pt"]
+
+
+def test_pretrain_never_writes_over_the_model_it_starts_from(tmp_path, capsys, monkeypatch):
+    """The default --out for --size 32 is resources/pretrained-n32.pinn.pt: fine-tuning that very file is refused."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "resources").mkdir()
+    start = tmp_path / "resources" / "pretrained-n32.pinn.pt"
+    start.write_bytes(b"the starting model")
+    assert main(["pretrain", "--size", "32", "--epochs", "1", "--initial-model", str(start)]) == 2
+    assert "--out resources/pretrained-n32.pinn.pt is the input --initial-model" in capsys.readouterr().err
+    assert start.read_bytes() == b"the starting model"

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -206,7 +206,7 @@ class RefinementProblem:
     def compute_illumination(self) -> torch.Tensor:
         """Σ_j |P_j|² on the canvas (the preconditioner of the object update)."""
         illumination = torch.zeros(self.canvas_shape[0] * self.canvas_shape[1], device=self.device)
-        for batch in torch.arange(self.count, device=self.device).split(256):
+        for batch in self.scan_batches():
             intensity = physics.abs2(self.probes_for(batch)).sum(dim=1)
             illumination.index_add_(0, self.flat_indices(batch).reshape(-1), intensity.reshape(-1))
         return illumination.reshape(self.canvas_shape)
@@ -219,9 +219,15 @@ class RefinementProblem:
 
     def nll(self, canvas: torch.Tensor) -> float:
         """Dose-normalised Poisson NLL per pattern of a canvas over the whole scan."""
-        total = 0.0
-        for batch in torch.arange(self.count, device=self.device).split(256):
-            total += float(self._batch_nll(self.expected(canvas, batch), self.patterns[batch]).sum())
+        return self.scan_nll((self.expected(canvas, batch), batch) for batch in self.scan_batches())
+
+    def scan_batches(self) -> tuple[torch.Tensor, ...]:
+        """The whole scan in batches of 256 patterns, for whole-scan sums (illumination, likelihood)."""
+        return torch.arange(self.count, device=self.device).split(256)
+
+    def scan_nll(self, predictions: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """Dose-normalised Poisson NLL per pattern from (predicted counts, batch) pairs covering the scan."""
+        total = sum(float(self._batch_nll(predicted, self.patterns[batch]).sum()) for predicted, batch in predictions)
         return total / self.count / self.mean_counts
 
     def _batch_nll(self, predicted: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
@@ -356,7 +362,7 @@ def scaled_start(problem: RefinementProblem, obj: np.ndarray) -> tuple[torch.Ten
     ones, and its dose-normalised Poisson NLL there: what starts are compared by."""
     canvas = problem._padded(obj)
     measured_total = float((problem.patterns * problem.valid).sum())
-    batches = torch.arange(problem.count, device=problem.device).split(256)
+    batches = problem.scan_batches()
     # predictions kept while they fit the residual budget: scaling the canvas by s scales them by s², so the
     # scaled start's NLL needs no second pass over the scan (one forward model per start instead of two)
     keep = problem.count * problem.size * problem.size * 4 <= RESIDUAL_BUDGET_BYTES
@@ -373,11 +379,7 @@ def scaled_start(problem: RefinementProblem, obj: np.ndarray) -> tuple[torch.Ten
         canvas *= math.sqrt(intensity_scale)
     if not keep:
         return canvas, problem.nll(canvas)
-    total = sum(
-        float(problem._batch_nll(predicted * intensity_scale, problem.patterns[batch]).sum())
-        for predicted, batch in zip(kept, batches, strict=True)
-    )
-    return canvas, total / problem.count / problem.mean_counts
+    return canvas, problem.scan_nll((predicted * intensity_scale, batch) for predicted, batch in zip(kept, batches, strict=True))
 
 
 RESIDUAL_BUDGET_BYTES = 256 * 2**20

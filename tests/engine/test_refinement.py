@@ -100,6 +100,66 @@ def test_scaled_start_scores_its_scaled_canvas_in_one_pass(bright_scan, monkeypa
     assert refinement.scaled_start(problem, start)[1] == 0.0 and passes == [1]
 
 
+def _dense_residual(
+    problem: RefinementProblem, chunk: torch.Tensor, step_lengths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """The exit-wave residual step on every pixel, in float64 numpy: per-pattern step lengths a by a fine grid
+    search of the Poisson NLL of Î·(1 − a·ξ)² over the valid pixels, χ for the given ``step_lengths`` (so the
+    residual is checked apart from the step lengths' tolerance), and the chunk's NLL before the step."""
+    exit_waves = (problem.windows(problem.canvas, chunk)[:, None] * problem.probes_for(chunk)).numpy().astype(np.complex128)
+    far = np.fft.fft2(exit_waves, norm="ortho")
+    predicted = (np.abs(far) ** 2).sum(axis=1)
+    measured = problem.patterns[chunk].numpy().astype(np.float64)
+    valid = problem.valid.numpy().astype(bool)
+    xi = np.where(valid, 1 - measured / (predicted + physics.EPSILON_COUNTS), 0.0)
+    nll = float(np.where(valid, predicted - measured * np.log(predicted + physics.EPSILON_COUNTS), 0).sum())
+    grid = np.linspace(0, 1, 2001)
+    lengths = []
+    for counts, model, x in zip(measured, predicted, xi, strict=True):
+        along = model[valid] * (1 - grid[:, None] * x[valid]) ** 2
+        lengths.append(grid[np.argmin((along - counts[valid] * np.log(along + 1e-30)).sum(axis=1))])
+    factor = -step_lengths[:, None, None] * xi
+    return np.asarray(lengths), np.fft.ifft2(far * factor[:, None], norm="ortho"), nll
+
+
+@pytest.mark.parametrize("scan_wide", [True, False], ids=["scan-wide counted pixels", "per-chunk counted pixels"])
+def test_residual_step_on_counted_pixels_matches_the_dense_likelihood(bright_scan, monkeypatch, scan_wide):
+    """The Poisson step works on the pixels that hold counts only (and masked pixels not at all): its step
+    lengths, residuals and NLL equal those of the likelihood over every valid pixel, for a whole-scan slice
+    and for a mini-batch of scattered patterns, at a dose where most pixels hold no counts."""
+    from ptychodus_pinn.engine import refinement
+
+    if not scan_wide:
+        monkeypatch.setattr(refinement, "COUNTED_CACHE_BUDGET_BYTES", 0)
+    sparse = simulate_scan("siemens", photons=1e3, n_positions=64, N=32, seed=4)
+    bad = np.zeros((32, 32), bool)
+    bad[3:5, 7:20] = True
+    patterns = sparse.patterns.copy()
+    patterns[:, bad] = 7.0  # a masked pixel may hold anything
+    scan = dataclasses.replace(sparse, patterns=patterns, bad_pixels=bad)
+    problem = RefinementProblem(scan, np.ones(scan.object_shape, np.complex64))
+    assert (problem._counted_scan is not None) == scan_wide
+    assert float((problem.patterns == 0).float().mean()) > 0.5  # mostly empty pixels: the case this is for
+    rng = np.random.default_rng(0)
+    problem.canvas = problem.canvas * torch.from_numpy(np.exp(0.3j * rng.random(problem.canvas_shape)).astype(np.complex64))
+    for chunk in (slice(0, 32), torch.tensor([40, 3, 17, 63, 8])):
+        indices = torch.arange(problem.count)[chunk]
+        exit_waves = problem.windows(problem.canvas, chunk)[:, None] * problem.probes_for(chunk)
+        counted = problem.counted_pixels(chunk)
+        assert counted.counts.shape[0] == len(indices)
+        predicted = refinement._mode_sum(physics.abs2(refinement._far_field(exit_waves)))
+        got_lengths = refinement._poisson_step_lengths(
+            (predicted * problem.valid).sum(dim=(-2, -1), dtype=torch.float64),
+            torch.gather(predicted.reshape(len(predicted), -1), 1, counted.index),
+            counted,
+        )
+        lengths, chi, nll = _dense_residual(problem, indices, got_lengths.numpy().astype(np.float64))
+        got_chi, got_nll = refinement._exit_wave_residual(problem, exit_waves, chunk, refinement.NoiseModel.POISSON)
+        assert got_nll == pytest.approx(nll, rel=1e-6)
+        assert np.abs(got_chi.numpy() - chi).max() < 1e-4 * np.abs(chi).max()
+        assert np.abs(got_lengths.numpy() - lengths).max() < 2e-3, (got_lengths, lengths)
+
+
 def test_two_probe_modes_keep_the_truth_and_recover_it_from_flat(bright_scan):
     """Incoherent modes go through every mode sum of the update (Σ_p conj(P_p)·χ_p, Σ_p |P_p|², the caches)."""
     first = bright_scan.probe[0]

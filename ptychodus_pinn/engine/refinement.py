@@ -215,20 +215,17 @@ class RefinementProblem:
             illumination.index_add_(0, self.flat_indices(batch).reshape(-1), intensity.reshape(-1))
         return illumination.reshape(self.canvas_shape)
 
-    def _counted_pixels_of(self, patterns: torch.Tensor, width: int | None = None) -> CountedPixels:
+    def _counted_pixels_of(self, patterns: torch.Tensor, width: int) -> CountedPixels:
         """:class:`CountedPixels` of (B, N, N) patterns, ``width`` (at least their most counted pattern's) wide."""
         measured = (patterns if self.all_valid else patterns * self.valid).reshape(len(patterns), -1)
-        counted = measured != 0
-        if width is None:
-            width = int(counted.sum(dim=1).max()) if len(patterns) else 0
         # counted pixels first, then the other valid ones, then the masked ones; stable keeps pixel order
-        rank = torch.where(counted, 0, 1 + (self.valid.reshape(1, -1) == 0).to(torch.uint8)).to(torch.uint8)
+        rank = torch.where(measured != 0, 0, 1 + (self.valid.reshape(1, -1) == 0).to(torch.uint8)).to(torch.uint8)
         index = torch.sort(rank, dim=1, stable=True).indices[:, :width]
         return CountedPixels(index=index, counts=torch.gather(measured, 1, index))
 
     def _counted_pixels_of_scan(self) -> CountedPixels | None:
         """The whole scan's :class:`CountedPixels`, formed once; None when they would not fit their budget
-        (high-dose scans, where most pixels hold counts), and chunks form theirs as they go."""
+        (large high-dose scans, where most pixels hold counts: ``counted_pixels`` then takes every valid pixel)."""
         width = 0
         for batch in self.scan_batches():
             measured = self.patterns[batch] if self.all_valid else self.patterns[batch] * self.valid
@@ -239,10 +236,13 @@ class RefinementProblem:
         return CountedPixels(torch.cat([part.index for part in parts]), torch.cat([part.counts for part in parts]))
 
     def counted_pixels(self, chunk: Batch) -> CountedPixels:
-        """The valid pixels of a chunk's patterns that hold counts (see :class:`CountedPixels`)."""
-        if self._counted_scan is None:
-            return self._counted_pixels_of(self.patterns[chunk])
-        return CountedPixels(self._counted_scan.index[chunk], self._counted_scan.counts[chunk])
+        """The valid pixels of a chunk's patterns that hold counts (see :class:`CountedPixels`): from the scan's
+        layout, or, where that did not fit, every valid pixel (exact too: the terms of an empty pixel vanish)."""
+        if self._counted_scan is not None:
+            return CountedPixels(self._counted_scan.index[chunk], self._counted_scan.counts[chunk])
+        patterns = self.patterns[chunk].reshape(-1, self.size * self.size)
+        index = self.valid.reshape(-1).nonzero().reshape(1, -1).expand(len(patterns), -1)
+        return CountedPixels(index=index, counts=torch.gather(patterns, 1, index))
 
     # ------------------------------------------------------------------------------- physics
 
@@ -275,7 +275,7 @@ def _far_field(exit_waves: torch.Tensor) -> torch.Tensor:
 @dataclass
 class CountedPixels:
     """The valid detector pixels of a chunk's patterns that hold counts (I ≠ 0): (B, K) pixel indices within
-    each pattern and their counts, padded to the chunk's most counted pattern with other valid pixels at
+    each pattern and their counts, padded to the scan's most counted pattern with other valid pixels at
     count 0 (distinct pixels, so values can be scattered back without collisions).
 
     Every term of the Poisson likelihood and of its step-length Newton iteration that involves the counts

@@ -122,7 +122,7 @@ def _dense_residual(
     return np.asarray(lengths), np.fft.ifft2(far * factor[:, None], norm="ortho"), nll
 
 
-@pytest.mark.parametrize("scan_wide", [True, False], ids=["scan-wide counted pixels", "per-chunk counted pixels"])
+@pytest.mark.parametrize("scan_wide", [True, False], ids=["counted pixels of the scan", "every valid pixel (over budget)"])
 def test_residual_step_on_counted_pixels_matches_the_dense_likelihood(bright_scan, monkeypatch, scan_wide):
     """The Poisson step works on the pixels that hold counts only (and masked pixels not at all): its step
     lengths, residuals and NLL equal those of the likelihood over every valid pixel, for a whole-scan slice

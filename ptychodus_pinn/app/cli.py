@@ -416,6 +416,7 @@ def command_pretrain(arguments: argparse.Namespace) -> int:
         learning_rate=training["learning_rate"], corpus_name=arguments.corpus, count=arguments.scans,
         n_positions=arguments.positions, mode=TrainingMode(arguments.mode),
         initial_model=None if arguments.initial_model is None else Path(arguments.initial_model),
+        width=config_values(arguments, ModelConfig).get("n_filters_scale"),
     )  # fmt: skip
     return 0
 
@@ -508,6 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--scans", type=positive_integer, default=25, help="broad corpus: scans (default 25)")
     pretrain.add_argument("--positions", type=positive_integer, default=400, help="broad corpus: patterns per scan (default 400)")
     add_config_arguments(pretrain, TrainingConfig, "training", only=list(PRETRAIN_DEFAULTS), defaults=PRETRAIN_DEFAULTS)
+    add_config_arguments(
+        pretrain, ModelConfig, "model", only=["n_filters_scale"],
+        default_text={"n_filters_scale": "1 (the shipped models), or --initial-model's own"},
+    )  # fmt: skip
     add_execution_arguments(pretrain)
     pretrain.set_defaults(handler=command_pretrain)
 

@@ -120,9 +120,11 @@ def run_pretraining(
     n_positions: int = 400,
     mode: TrainingMode = TrainingMode.PINN,
     initial_model: Path | None = None,
+    width: int | None = None,
 ) -> Path:
-    """Train a starting model (width 1, gridsize 1) on one of :data:`CORPORA` and save it to ``out``
-    (``count`` and ``n_positions`` size the ``broad`` corpus).
+    """Train a starting model (gridsize 1; ``width`` the U-Net's width multiplier, 1 unless given or taken
+    from ``initial_model``) on one of :data:`CORPORA` and save it to ``out`` (``count`` and ``n_positions``
+    size the ``broad`` corpus).
 
     ``mode`` pinn is the shipped model's recipe; distil refines every corpus scan first and trains on
     its refined patches too (``engine/distillation.py``). ``initial_model`` fine-tunes a saved model
@@ -133,7 +135,13 @@ def run_pretraining(
     start = None
     if initial_model is not None:
         start = load_model(initial_model, expect=ModelConfig(N=size_px))
-    width = 1 if start is None else start.config.n_filters_scale
+    if start is not None and width is not None and width != start.config.n_filters_scale:
+        raise ValueError(
+            f"--n-filters-scale {width} differs from the initial model's width {start.config.n_filters_scale}: "
+            "a model is fine-tuned at its own width; leave the flag out"
+        )
+    width = width if start is None else start.config.n_filters_scale
+    width = 1 if width is None else width
     model = ModelConfig(N=size_px, n_filters_scale=width, mode=mode)
     training = TrainingConfig(epochs=epochs, batch_size=16, validation_fraction=0.0, learning_rate=learning_rate)
     config = RunConfig(model=model, training=training, execution=execution)

@@ -40,9 +40,10 @@ def test_corpus_scans_are_reproducible():
 def test_pretrain_writes_a_model_that_names_its_corpus(tmp_path):
     out = tmp_path / "corpus.pinn.pt"
     argv = ["pretrain", "--out", str(out), "--size", "32", "--corpus", "broad", "--scans", "5", "--positions", "9"]
-    assert main([*argv, "--epochs", "1", "--accelerator", "cpu", "--no-progress-bar"]) == 0
+    assert main([*argv, "--epochs", "1", "--n-filters-scale", "2", "--accelerator", "cpu", "--no-progress-bar"]) == 0
     model = load_model(out)
     assert model.config.N == 32 and "broad corpus: 5 scans × 9 patterns" in model.record.extra["pretrained_on"]
+    assert model.config.n_filters_scale == 2  # a wider network on request (the shipped ones are width 1)
 
 
 def test_pretrain_distils_and_fine_tunes_a_saved_model(tmp_path):
@@ -62,6 +63,7 @@ def test_pretrain_distils_and_fine_tunes_a_saved_model(tmp_path):
         "--no-progress-bar",
     ]
     assert main(["pretrain", "--out", str(first), "--epochs", "1", *common]) == 0
+    assert load_model(first).config.n_filters_scale == 1  # the default width
     argv = ["pretrain", "--out", str(second), "--epochs", "1", "--mode", "distil", "--initial-model", str(first)]
     assert main([*argv, *common]) == 0
     model = load_model(second)
@@ -106,6 +108,18 @@ def test_pretrain_names_its_default_output_after_the_size(tmp_path, monkeypatch)
     (tmp_path / "resources").mkdir()
     assert main(["pretrain", "--size", "128", "--epochs", "1"]) == 0
     assert [str(path) for path in written] == ["resources/pretrained-n128.pinn.pt"]
+
+
+def test_pretrain_fine_tunes_a_model_at_its_own_width(tmp_path, capsys):
+    """--initial-model fixes the width: a different --n-filters-scale is refused before any work, naming both."""
+    start, out = tmp_path / "start.pinn.pt", tmp_path / "out.pinn.pt"
+    common = ["--size", "32", "--corpus", "broad", "--scans", "1", "--positions", "9", "--epochs", "1", "--accelerator", "cpu"]
+    assert main(["pretrain", "--out", str(start), *common, "--no-progress-bar"]) == 0
+    capsys.readouterr()
+    assert main(["pretrain", "--out", str(out), "--initial-model", str(start), "--n-filters-scale", "2", *common]) == 2
+    captured = capsys.readouterr()
+    assert "--n-filters-scale 2 differs from the initial model's width 1" in captured.err
+    assert "corpus:" not in captured.out and not out.exists()
 
 
 def test_pretrain_never_writes_over_the_model_it_starts_from(tmp_path, capsys, monkeypatch):

@@ -2,7 +2,8 @@
 
 The beamline use: train on the first scans of an experiment, reconstruct the rest with the network.
 Per object kind, two scans are simulated for training and a third (another seed, same kind, same
-probe and dose) is held out. The same narrow network (width 1, gridsize 1, the CPU preset) is trained
+probe and dose) is held out. The same narrow network (width 1, gridsize 1, the CPU preset; warm-started:
+the initial model's width) is trained
 on the two scans with each target, for the same epochs, and then reconstructs the held-out scan
 alone (one forward pass, phases aligned, stitched: ``inference.reconstruct_network``):
 
@@ -83,7 +84,8 @@ def train_with(
     """(model, seconds, distillation summary) for one training target; the truth is removed from every training scan."""
     data = [dataclasses.replace(scan, ground_truth=None) for scan in scans]
     config = RunConfig(
-        ModelConfig(N=N, n_filters_scale=1, mode=TrainingMode(target)),
+        # width 1 (the CPU preset) from scratch; a warm start keeps the initial model's own width
+        ModelConfig(N=N, n_filters_scale=1 if initial is None else initial.config.n_filters_scale, mode=TrainingMode(target)),
         TrainingConfig(
             epochs=epochs,
             batch_size=16,
@@ -163,7 +165,8 @@ def markdown(results: dict[str, Any]) -> str:
     present = [key for key in COLUMNS if any(key in row for row in results["rows"])]
     lines = [
         f"Training targets, network alone on a held-out scan of the same kind (N={settings['N']}, {settings['positions']} "
-        f"patterns, {settings['photons']:.0e} photons, width 1, {settings['epochs']} epochs on 2 scans, distil targets "
+        f"patterns, {settings['photons']:.0e} photons, width {settings.get('width', 1)}, {settings['epochs']} epochs "
+        "on 2 scans, distil targets "
         f"refreshed every {settings['refresh']} epochs, learning rate {settings.get('learning_rate') or 'default'}, "
         f"seeds {settings['train_seeds']} → {settings['test_seed']}, {results['machine']}"
         + (f"; plus {settings['rehearse_corpus_scans']} corpus scans rehearsed" if settings.get("rehearse_corpus_scans") else "")
@@ -248,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
                      "epochs": arguments.epochs, "refresh": arguments.refresh,
                      "distil_weight": arguments.distil_weight, "train_seeds": list(arguments.seeds[:2]),
                      "test_seed": arguments.seeds[2], "learning_rate": arguments.learning_rate,
-                     "rehearse_corpus_scans": arguments.rehearse, "threads": arguments.threads},
+                     "rehearse_corpus_scans": arguments.rehearse, "threads": arguments.threads,
+                     "width": 1 if initial is None else initial.config.n_filters_scale,
+                     "initial_model": None if arguments.initial_model is None else arguments.initial_model.name},
         "machine": f"{platform.processor() or platform.machine()}, {arguments.threads} torch threads",
         "rows": rows,
     }  # fmt: skip

@@ -579,8 +579,8 @@ class RefinementConfig:
     epochs: int = field(default=40, metadata=knob(
         "Epochs",
         "Refinement epochs after the network: the object is refined against the likelihood of all patterns "
-        "jointly (each epoch visits every pattern once); 0 = network only. 40 converge at N = 64; N = 128 "
-        "scans need about 80 (docs/quality.md).",
+        "jointly (each epoch visits every pattern once); 0 = network only. 40 reach LSQML's quality at N = 64; "
+        "N = 128 scans need about 80, exact phase values on smooth objects 80-160 (docs/quality.md).",
         unit="epochs", minimum=0, maximum=MAX_COUNT, cli="--refine-epochs"))
     batch_size: int = field(default=32, metadata=knob(
         "Batch Size",

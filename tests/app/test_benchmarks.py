@@ -281,3 +281,33 @@ def test_refinement_bench_quick_runs_end_to_end(tmp_path: Path) -> None:
     network_start = full["curves"]["network + refinement"]["records"][0]["wall_s"]
     assert network_start >= full["curves"]["network only"]["records"][0]["wall_s"]  # its clock includes the network
     assert "## Summary" in (tmp_path / "t.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def metric_check():  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import metric_check as module
+
+        yield module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_metric_check_holds_out_patterns_and_scores_them_by_likelihood(metric_check) -> None:  # type: ignore[no-untyped-def]
+    """10 % of the patterns are held out (none in both halves); on them the truth fits better than a flat
+    object or a noisy truth, at any overall amplitude (the scale is fitted to the counts)."""
+    import numpy as np
+
+    from ptychodus_pinn.engine.simulate import simulate_scan
+
+    scan = simulate_scan("siemens", photons=1e5, n_positions=100, N=32, seed=3)
+    kept, held = metric_check.split(scan)
+    assert (kept.count, held.count) == (90, 10)
+    pairs = {tuple(p) for p in kept.positions_yx_px} & {tuple(p) for p in held.positions_yx_px}
+    assert not pairs
+    truth = scan.ground_truth
+    noise = np.exp(0.5j * np.random.default_rng(0).standard_normal(truth.shape)).astype(np.complex64)
+    truth_nll = metric_check.held_out_nll(held, truth)
+    assert metric_check.held_out_nll(held, 3.0 * truth) == pytest.approx(truth_nll, abs=1e-6)
+    assert truth_nll < metric_check.held_out_nll(held, truth * noise) < metric_check.held_out_nll(held, np.ones_like(truth))

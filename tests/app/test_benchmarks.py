@@ -6,6 +6,7 @@ pty-chi; its --quick run is checked where pty-chi is installed (the benchmark ve
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -19,16 +20,25 @@ BENCHMARKS = REPO / "benchmarks"
 COMMITTED_GRID = BENCHMARKS / "results" / "cpu-grid.json"
 
 
-@pytest.fixture(scope="module")
-def run_benchmarks():  # type: ignore[no-untyped-def]
-    """The benchmark module (it imports pty-chi only when a pty-chi method runs)."""
+def _benchmark_module(name: str):  # type: ignore[no-untyped-def]
+    """Yield a script of benchmarks/ imported as a module (pty-chi is imported only when a pty-chi method
+    runs); its folder leaves sys.path again and OPENBLAS_NUM_THREADS (which some set for their own
+    process) is restored."""
+    blas_threads = os.environ.get("OPENBLAS_NUM_THREADS")
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        import run_benchmarks as module
-
-        yield module
+        yield importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCHMARKS))
+        if blas_threads is None:
+            os.environ.pop("OPENBLAS_NUM_THREADS", None)
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = blas_threads
+
+
+@pytest.fixture(scope="module")
+def run_benchmarks():  # type: ignore[no-untyped-def]
+    yield from _benchmark_module("run_benchmarks")
 
 
 def test_gpu_script_cpu_quick_mode_reports_throughputs(tmp_path: Path) -> None:
@@ -110,19 +120,7 @@ def test_readme_update_replaces_only_the_marked_block(run_benchmarks, tmp_path: 
 
 @pytest.fixture(scope="module")
 def refinement_bench():  # type: ignore[no-untyped-def]
-    """The refinement benchmark module (pty-chi is imported only when a pty-chi method runs)."""
-    blas_threads = os.environ.get("OPENBLAS_NUM_THREADS")  # the module sets it for its own process
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import refinement_bench as module
-
-        yield module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-        if blas_threads is None:
-            os.environ.pop("OPENBLAS_NUM_THREADS", None)
-        else:
-            os.environ["OPENBLAS_NUM_THREADS"] = blas_threads
+    yield from _benchmark_module("refinement_bench")
 
 
 def _record(epoch: int, wall_s: float, phase_ssim: float) -> dict[str, float]:
@@ -285,13 +283,7 @@ def test_refinement_bench_quick_runs_end_to_end(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def metric_check():  # type: ignore[no-untyped-def]
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import metric_check as module
-
-        yield module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    yield from _benchmark_module("metric_check")
 
 
 def test_metric_check_holds_out_patterns_and_scores_them_by_likelihood(metric_check) -> None:  # type: ignore[no-untyped-def]

@@ -140,9 +140,9 @@ def run_pretraining(
             f"--n-filters-scale {width} differs from the initial model's width {start.config.n_filters_scale}: "
             "a model is fine-tuned at its own width; leave the flag out"
         )
-    width = width if start is None else start.config.n_filters_scale
-    width = 1 if width is None else width
-    model = ModelConfig(N=size_px, n_filters_scale=width, mode=mode)
+    if start is not None:
+        width = start.config.n_filters_scale
+    model = ModelConfig(N=size_px, n_filters_scale=1 if width is None else width, mode=mode)
     training = TrainingConfig(epochs=epochs, batch_size=16, validation_fraction=0.0, learning_rate=learning_rate)
     config = RunConfig(model=model, training=training, execution=execution)
     if corpus_name == "siemens-lines":

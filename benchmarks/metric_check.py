@@ -39,10 +39,10 @@ from training_targets_bench import publish  # noqa: E402
 
 from ptychodus_pinn.engine.config import RefinementConfig, RefinementStart  # noqa: E402
 from ptychodus_pinn.engine.data import Scan  # noqa: E402
-from ptychodus_pinn.engine.inference import reconstruct, reconstruct_network  # noqa: E402
+from ptychodus_pinn.engine.inference import reconstruct  # noqa: E402
 from ptychodus_pinn.engine.metrics import compare  # noqa: E402
 from ptychodus_pinn.engine.persistence import load_pretrained  # noqa: E402
-from ptychodus_pinn.engine.refinement import RefinementProblem  # noqa: E402
+from ptychodus_pinn.engine.refinement import RefinementProblem, scaled_start  # noqa: E402
 from ptychodus_pinn.engine.simulate import simulate_scan  # noqa: E402
 
 HELD_OUT_FRACTION = 0.1
@@ -65,8 +65,6 @@ def split(scan: Scan, seed: int = 0) -> tuple[Scan, Scan]:
 def held_out_nll(held_out: Scan, obj: np.ndarray) -> float:
     """Dose-normalised Poisson NLL per held-out pattern of an object, its amplitude scaled to the counts (the
     object's overall scale is not what is compared; the same scaling ``refinement.scaled_start`` applies)."""
-    from ptychodus_pinn.engine.refinement import scaled_start
-
     problem = RefinementProblem(held_out, np.ones(held_out.object_shape, np.complex64))
     return scaled_start(problem, obj)[1]
 
@@ -88,9 +86,11 @@ def run_case(kind: str, path: str, arguments: argparse.Namespace, model: Any) ->
     full = simulate_scan(kind, arguments.photons, arguments.positions, arguments.size, arguments.seed, path=path)
     lit = illuminated(full)
     scan, held = split(full)
+    refined = reconstruct(model, scan, refinement=RefinementConfig(start=RefinementStart.AUTO))
+    assert refined.network_object is not None  # a model was given: the network ran first
     objects = {
-        "network alone": reconstruct_network(model, scan).object,
-        "network + refinement": reconstruct(model, scan, refinement=RefinementConfig(start=RefinementStart.AUTO)).object,
+        "network alone": refined.network_object,
+        "network + refinement": refined.object,
         "refinement from flat": reconstruct(None, scan, refinement=RefinementConfig(start=RefinementStart.FLAT)).object,
     }
     print(f"  {kind}: pty-chi LSQML ({arguments.lsqml_epochs} epochs) ...", flush=True)

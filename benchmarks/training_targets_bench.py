@@ -3,9 +3,9 @@
 The beamline use: train on the first scans of an experiment, reconstruct the rest with the network.
 Per object kind, two scans are simulated for training and a third (another seed, same kind, same
 probe and dose) is held out. The same narrow network (width 1, gridsize 1, the CPU preset; warm-started:
-the initial model's width) is trained
-on the two scans with each target, for the same epochs, and then reconstructs the held-out scan
-alone (one forward pass, phases aligned, stitched: ``inference.reconstruct_network``):
+the initial model's width) is trained on the two scans with each target, for the same epochs, and then
+reconstructs the held-out scan alone (one forward pass, phases aligned, stitched:
+``inference.reconstruct_network``):
 
 - ``pinn``: the product's self-supervised Poisson likelihood of each pattern;
 - ``distil``: ``TrainingMode.DISTIL`` (``engine/distillation.py``): each training scan is first refined

@@ -166,7 +166,8 @@ def bench_reconstruct(size: int, positions: int, device: torch.device, scans: in
     return {
         "N": size, "patterns": positions, "model": "shipped" if model is not None else "none (refinement from flat)",
         "refinement_s_per_epoch": (epochs[-1] - epochs[4]) / 15 if len(epochs) == 20 else float("nan"),
-        "refinement_epochs_default": RefinementConfig().epochs, "seconds_per_scan": per_scan,
+        "refinement_epochs_default": RefinementConfig().epochs,
+        "refinement_half_resolution_epochs_default": RefinementConfig().half_resolution_epochs, "seconds_per_scan": per_scan,
         "scans_per_minute": 60.0 / float(np.median(per_scan)),
     }  # fmt: skip
 

@@ -190,16 +190,20 @@ class ScanReconstructor:
             self._warm_up(model, model.config.N)
 
     def _warm_up(self, model: Any, size_px: int) -> None:
-        """Run the model (if any) and two refinement epochs once on a tiny simulated scan (torch's first calls are slow)."""
+        """Run the model (if any) and a few refinement epochs (both resolutions) once on a tiny simulated scan
+        (torch's first calls are slow)."""
         from ptychodus_pinn.engine.config import replace
         from ptychodus_pinn.engine.inference import reconstruct
         from ptychodus_pinn.engine.simulate import simulate_scan
 
         try:
             scan = simulate_scan("siemens", 1e5, 16, size_px, seed=0)
-            reconstruct(
-                model, scan, execution=self.execution, refinement=replace(self.refinement, epochs=min(self.refinement.epochs, 2))
+            refinement = replace(
+                self.refinement,
+                epochs=min(self.refinement.epochs, 2),
+                half_resolution_epochs=min(self.refinement.half_resolution_epochs, 1),
             )
+            reconstruct(model, scan, execution=self.execution, refinement=refinement)
         except Exception as error:  # a warm-up never stops the watcher; the first scan pays instead
             logger.debug("warm-up skipped: %s", error)
 

@@ -27,6 +27,8 @@ from typing import Any
 
 SUPPORTED_PATTERN_SIZES_PX: tuple[int, ...] = (32, 64, 128, 256)
 # upper limits: far beyond any real run, low enough that a typo (an extra zero, 1e29) is refused up front
+# refinement's half-resolution stage runs for N ≥ 32 (N/2 = 16 px still helps: measured at N = 32, docs/quality.md)
+HALF_RESOLUTION_MIN_PX = 32
 MAX_COUNT = 1_000_000  # epochs, batch sizes, patience, accumulation, top-k
 MAX_WORKERS = 1024
 MAX_DEVICES = 4096
@@ -576,12 +578,19 @@ class RefinementConfig:
     """
 
     # fmt: off
-    epochs: int = field(default=40, metadata=knob(
+    epochs: int = field(default=30, metadata=knob(
         "Epochs",
-        "Refinement epochs after the network: the object is refined against the likelihood of all patterns "
-        "jointly (each epoch visits every pattern once); 0 = network only. 40 reach LSQML's quality at N = 64; "
-        "N = 128 scans need about 80, exact phase values on smooth objects 80-160 (docs/quality.md).",
+        "Full-resolution refinement epochs after the network (and the half-resolution ones): the object is refined "
+        "against the likelihood of all patterns jointly (each epoch visits every pattern once); 0 = network only. "
+        "With the half-resolution epochs, 30 reach about LSQML's quality at N = 64 and 128; exact phase values on "
+        "smooth objects take more (docs/quality.md).",
         unit="epochs", minimum=0, maximum=MAX_COUNT, cli="--refine-epochs"))
+    half_resolution_epochs: int = field(default=40, metadata=knob(
+        "Half-Resolution Epochs",
+        "Epochs before the full-resolution ones on the detector's central half (the object at half resolution, a "
+        "quarter of the cost per epoch): they settle the object's large features, which full-resolution epochs "
+        "are slowest to fix. 0 = off (also when Epochs is 0).",
+        unit="epochs", minimum=0, maximum=MAX_COUNT, cli="--refine-half-resolution-epochs"))
     batch_size: int = field(default=32, metadata=knob(
         "Batch Size",
         "Patterns per refinement update in the first epochs; the mini-batch grows towards the whole scan as "
@@ -621,6 +630,17 @@ class RefinementConfig:
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    def half_resolution_epochs_for(self, size_px: int) -> int:
+        """The half-resolution epochs refinement runs first for N = ``size_px`` patterns: none when refinement is
+        off, N is not a multiple of 4 or below ``HALF_RESOLUTION_MIN_PX``."""
+        if self.epochs == 0 or size_px % 4 or size_px < HALF_RESOLUTION_MIN_PX:
+            return 0
+        return self.half_resolution_epochs
+
+    def total_epochs_for(self, size_px: int) -> int:
+        """Every refinement epoch for N = ``size_px`` patterns, half-resolution ones included (a progress goal)."""
+        return self.half_resolution_epochs_for(size_px) + self.epochs
 
 
 @dataclass(frozen=True)

@@ -282,7 +282,8 @@ class NetworkStage:
 @dataclass(frozen=True)
 class RefinementEpoch:
     """One refinement epoch: ``report.snapshot()`` is the object so far; ``nll_floor`` is the Poisson NLL per
-    pattern of a perfect fit (``physics.poisson_nll_floor``), so ``report.nll - nll_floor`` ≥ 0 is what is left."""
+    pattern of a perfect fit (``physics.poisson_nll_floor``), so ``report.nll - nll_floor`` ≥ 0 is what is left
+    (for the full-resolution epochs: a ``report.half_resolution`` one's NLL is over the detector's centre)."""
 
     report: RefinementReport
     nll_floor: float
@@ -387,16 +388,19 @@ def _refinement_stage(
     should_stop: Callable[[], bool] | None,
 ) -> Generator[RefinementEpoch, None, Reconstruction]:
     floor = physics.poisson_nll_floor(scan.patterns, scan.bad_pixels)
+    half_epochs = refinement.half_resolution_epochs_for(scan.size_px)
+    total_epochs = refinement.total_epochs_for(scan.size_px)
     logger.info(
-        "Refining the object against all %d patterns: %d epochs, start %s, %s noise, mini-batch %d (growing)%s",
+        "Refining the object against all %d patterns: %s%d epochs, start %s, %s noise, mini-batch %d (growing)%s",
         scan.count,
-        refinement.epochs,
+        f"{half_epochs} half-resolution, then " if half_epochs else "",
+        total_epochs - half_epochs,
         refinement.start.value,
         refinement.noise_model.value,
         refinement.batch_size,
         ", probe refined too" if refinement.refine_probe else "",
     )
-    log_every = max(1, round(refinement.epochs * REFINEMENT_LOG_FRACTION))
+    log_every = max(1, round(total_epochs * REFINEMENT_LOG_FRACTION))
     start = None if network is None else network.object
     # looked up at call time: tests replace it to make refinement fail
     steps = refinement_steps.refine_steps(scan, start, refinement, device=devices, should_stop=should_stop)
@@ -407,7 +411,17 @@ def _refinement_stage(
             except StopIteration as finished:
                 result: RefinementResult = finished.value
                 break
-            if report.epoch % log_every == 0 or report.stopped:
+            if (report.epoch % log_every == 0 or report.stopped) and report.half_resolution:
+                logger.info(
+                    "Refinement epoch %d/%d (half resolution): Poisson NLL %.4f over the detector's centre, mini-batch "
+                    "%d, %.1f s",
+                    report.epoch,
+                    report.epochs,
+                    report.nll,
+                    report.batch_size,
+                    report.seconds,
+                )
+            elif report.epoch % log_every == 0 or report.stopped:
                 logger.info(
                     "Refinement epoch %d/%d: Poisson NLL %.4f (%.4g above a perfect fit), mini-batch %d, %.1f s",
                     report.epoch,
@@ -427,7 +441,7 @@ def _refinement_stage(
         result.start.value,
         ", ".join(f"{name} {value:.4f}" for name, value in sorted(result.start_nll.items())),
         len(result.history),
-        refinement.epochs,
+        total_epochs,
         result.seconds,
         ", stopped" if result.stopped else "",
         result.history[-1].nll if result.history else float("nan"),

@@ -258,7 +258,10 @@ def reconstruction_metrics(reconstruction: Any, reference: np.ndarray) -> dict[s
         seconds_infer=reconstruction.seconds,
         seconds_network=reconstruction.network_seconds,
         seconds_refinement=0.0 if refinement is None else refinement.seconds,
-        refinement_epochs=0 if refinement is None else len(refinement.history),
+        refinement_epochs=0 if refinement is None else sum(not report.half_resolution for report in refinement.history),
+        refinement_half_resolution_epochs=0
+        if refinement is None
+        else sum(report.half_resolution for report in refinement.history),
         refinement_start=None if refinement is None else str(refinement.start),
         patterns_per_second_infer=reconstruction.patterns_per_second,
     )

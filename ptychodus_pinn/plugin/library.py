@@ -345,6 +345,12 @@ class _PinnReconstructor:
     def _setting(self, key: str) -> Any:
         return self._library.settings[key].get_value()
 
+    def _refinement_epochs(self) -> int:
+        """Refinement's epochs for a progress goal asked before the scan is known: its half-resolution ones counted
+        (N a multiple of 4, as nearly every detector crop); the run reports the exact goal once it knows N."""
+        epochs = int(self._setting("refine_epochs"))
+        return epochs + int(self._setting("refine_half_resolution_epochs")) if epochs > 0 else 0
+
     def _training_mode(self, values: dict[str, Any]) -> TrainingMode:
         """The supervised entry's mode, else the panel's Training Mode (pinn or distil)."""
         return self._mode if self._mode is TrainingMode.SUPERVISED else TrainingMode(str(values["training_mode"]))
@@ -356,7 +362,7 @@ class _PinnReconstructor:
         scan = reconstruct_input_to_scan(parameters)
         config = settings_to_run_config(values, N=scan.size_px, mode=self._training_mode(values))
         training_epochs = config.training.epochs if train_first else 0
-        goal = training_epochs + 1 + config.refinement.epochs
+        goal = training_epochs + 1 + config.refinement.total_epochs_for(scan.size_px)
         library.report_progress(0, goal)
         losses: list[LossValue] = []
         if train_first:
@@ -473,7 +479,8 @@ class _PinnReconstructor:
                 last_yield_s = time.monotonic()
             else:
                 report = event.report
-                losses.append(LossValue(first_epoch + int(report.epoch), shown_loss(report.nll, event.nll_floor)))
+                if not report.half_resolution:  # its NLL is over the detector's centre: not the curve's quantity
+                    losses.append(LossValue(first_epoch + int(report.epoch), shown_loss(report.nll, event.nll_floor)))
                 progress = run["progress_offset"] + 1 + int(report.epoch)
                 library.report_progress(progress, goal)
                 due = time.monotonic() - last_yield_s >= (FIRST_REFINEMENT_PREVIEW_S if shown == 0 else interval_s)
@@ -510,7 +517,7 @@ class SelfSupervisedReconstructor(_PinnReconstructor, Reconstructor):
     """One click: the network's object, then refinement; optionally trained on the scan first."""
 
     def get_progress_goal(self) -> int:  # training, network, refinement
-        return (self._setting("epochs") if self._setting("train_first") else 0) + 1 + self._setting("refine_epochs")
+        return (self._setting("epochs") if self._setting("train_first") else 0) + 1 + self._refinement_epochs()
 
     def reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
         with _reported("PtychoPINN (PyTorch) reconstruction"):
@@ -523,7 +530,7 @@ class TrainInferReconstructor(_PinnReconstructor, TrainableReconstructor):
     _inferring = False  # ptychodus asks one method for the goal of Train and of Infer
 
     def get_progress_goal(self) -> int:
-        return 1 + self._setting("refine_epochs") if self._inferring else self._setting("epochs")
+        return 1 + self._refinement_epochs() if self._inferring else self._setting("epochs")
 
     def reconstruct(self, parameters: ReconstructInput) -> Iterator[ReconstructOutput]:
         """Infer with the loaded model (the GUI's Infer button needs one); without one (``ptychodus -b reconstruct``

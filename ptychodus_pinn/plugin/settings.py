@@ -117,7 +117,14 @@ PANEL_DEFAULTS: Mapping[str, tuple[Any, str]] = {
 # the training batch size sits with the execution settings: it is what a device's memory limits
 _SECTION_OF_KEY = {"batch_size": Section.EXECUTION}
 # the refinement group's order: what changes most first
-_REFINEMENT_ORDER = ("refine_epochs", "refine_probe", "refine_batch_size", "refine_start", "refine_noise_model")
+_REFINEMENT_ORDER = (
+    "refine_epochs",
+    "refine_half_resolution_epochs",
+    "refine_probe",
+    "refine_batch_size",
+    "refine_start",
+    "refine_noise_model",
+)
 
 
 def _stored(kind: Kind, value: Any) -> Any:

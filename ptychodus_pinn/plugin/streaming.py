@@ -326,7 +326,11 @@ class StreamingWorkflow(FileBasedWorkflow):
         losses = []
         if result.refinement is not None:
             floor = poisson_nll_floor(scan.patterns, scan.bad_pixels)
-            losses = [LossValue(int(report.epoch), shown_loss(report.nll, floor)) for report in result.refinement.history]
+            losses = [
+                LossValue(int(report.epoch), shown_loss(report.nll, floor))
+                for report in result.refinement.history
+                if not report.half_resolution  # its NLL is over the detector's centre: another curve
+            ]
         product = output_product(
             job.parameters,
             result.object,

@@ -113,6 +113,7 @@ def test_infer_refines_by_default_and_metrics_hold_both_stages(cli_model, capsys
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["stages"] == ["network", "refinement"]
     assert metrics["refinement_epochs"] == 8 and metrics["refinement_start"] in ("network", "flat")
+    assert metrics["refinement_half_resolution_epochs"] == 40  # the default, before the full-resolution ones
     # a 1-epoch network is a poor start; 8 epochs of refinement must beat what it gives alone
     assert metrics["phase_ssim"] > metrics["network_phase_ssim"]
     with np.load(out / "object.npz") as archive:

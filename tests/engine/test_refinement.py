@@ -12,10 +12,21 @@ import pytest
 import torch
 
 from ptychodus_pinn.engine import physics
+from ptychodus_pinn.engine import refinement as refinement_module
 from ptychodus_pinn.engine.config import RefinementConfig, RefinementStart
 from ptychodus_pinn.engine.data import Scan
 from ptychodus_pinn.engine.metrics import compare
-from ptychodus_pinn.engine.refinement import RefinementProblem, choose_start, filled_start, iterate_refinement, refine
+from ptychodus_pinn.engine.refinement import (
+    RefinementProblem,
+    RefinementReport,
+    choose_start,
+    every_other_pixel,
+    filled_start,
+    half_resolution_scan,
+    iterate_refinement,
+    refine,
+    upsampled,
+)
 from ptychodus_pinn.engine.simulate import simulate_scan
 
 
@@ -316,6 +327,114 @@ def test_progress_per_epoch_and_stop_keeps_the_state(bright_scan):
     assert reports[-1].stopped and len(reports) < 200
     assert np.isfinite(result.object).all()
     quality = compare(result.object, bright_scan.ground_truth, result.illuminated)
+    assert quality.phase_ssim > quality.flat_phase_ssim
+
+
+def _band_limited_scan(positions_yx_px: np.ndarray) -> tuple[Scan, np.ndarray]:
+    """N = 64 counts (noise-free) of a smooth object under a Gaussian, defocused probe: every exit wave's
+    spectrum lies inside the detector's central half; and the object."""
+    size, (height, width) = 64, (96, 100)
+    yy, xx = np.mgrid[0:size, 0:size] - size // 2
+    probe = np.exp(-(yy**2 + xx**2) / (2 * 5.0**2) + 0.01j * (yy**2 + xx**2)).astype(np.complex64)
+    rows, columns = np.mgrid[0:height, 0:width]
+    phase = sum(
+        amplitude * np.cos(2 * np.pi * (fy * rows + fx * columns) / size + offset)
+        for amplitude, fy, fx, offset in [(0.3, 1, 2, 0.3), (0.2, 3, -2, 1.1), (0.25, 2, 3, 2.0), (0.2, -4, 1, 4.0)]
+    )
+    obj = ((1 + 0.1 * np.cos(2 * np.pi * 3 * columns / size)) * np.exp(1j * phase)).astype(np.complex64)
+    counts = physics.expected_counts_on_grid(torch.from_numpy(obj), torch.from_numpy(probe[None]), positions_yx_px, 1.0)
+    return Scan(patterns=counts.numpy(), positions_yx_px=positions_yx_px, probe=probe, object_shape=(height, width)), obj
+
+
+def test_half_resolution_scan_predicts_the_centre_of_the_full_patterns():
+    """Golden case: for exit waves band-limited to the detector's central half, the half-resolution scan's model
+    (the object's even pixels, the cropped band-limited probe, halved sub-pixel positions) gives the full model's
+    central counts, at the same scale (the cropped probe keeps the probe's power: unitary DFTs)."""
+    rng = np.random.default_rng(0)
+    positions = rng.uniform((32, 32), (64, 68), size=(12, 2))
+    scan, obj = _band_limited_scan(positions)
+    half = half_resolution_scan(scan)
+    assert half.size_px == 32 and half.object_shape == (49, 51)
+    np.testing.assert_array_equal(half.patterns, scan.patterns[:, 16:48, 16:48])
+    np.testing.assert_allclose(half.positions_yx_px, positions / 2)
+    half_object = every_other_pixel(torch.from_numpy(obj), half.object_shape)
+    assert complex(half_object[3, 5]) == complex(obj[6, 10])
+
+    def misfit(half_positions: np.ndarray) -> float:
+        predicted = physics.expected_counts_on_grid(half_object, torch.from_numpy(half.probe), half_positions, 1.0)
+        return float(np.abs(predicted.numpy() - half.patterns).max() / half.patterns.max())
+
+    assert misfit(half.positions_yx_px) < 1e-5
+    assert misfit(half.positions_yx_px + 0.25) > 10 * misfit(half.positions_yx_px)  # the test can see a wrong frame
+
+
+def test_upsampled_puts_half_resolution_pixel_j_on_pixel_2j():
+    """Bilinear, exact on a linear ramp: half pixel j lands on full pixel 2j, odd pixels halfway between."""
+    rows, columns = np.mgrid[0:49, 0:51]
+    half = torch.from_numpy((rows + 2j * columns).astype(np.complex64))
+    full = upsampled(half, (96, 100)).numpy()
+    rows, columns = np.mgrid[0:96, 0:100]
+    np.testing.assert_allclose(full, rows / 2 + 1j * columns, atol=1e-4)
+    np.testing.assert_array_equal(every_other_pixel(torch.from_numpy(full), (49, 51)).numpy()[:48, :50], half[:48, :50])
+
+
+def test_half_resolution_epochs_settle_the_object_faster():
+    """N = 64 lines from flat: 20 half-resolution epochs (a quarter of the cost each) and 5 full ones end above 15 full
+    ones (measured 0.894 against 0.867; 10 full: 0.814). Reports are numbered on through both stages."""
+    scan = simulate_scan("lines", photons=1e5, n_positions=144, N=64, seed=3)
+
+    def quality(config: RefinementConfig) -> tuple[float, list[RefinementReport]]:
+        result = refine(scan, None, config)
+        return compare(result.object, scan.ground_truth, result.illuminated).phase_ssim, result.history
+
+    staged, history = quality(RefinementConfig(epochs=5, half_resolution_epochs=20))
+    full_only, _ = quality(RefinementConfig(epochs=15, half_resolution_epochs=0))
+    assert staged > full_only + 0.01, (staged, full_only)
+    assert [report.epoch for report in history] == list(range(1, 26))
+    assert {report.epochs for report in history} == {25}
+    assert [report.half_resolution for report in history] == [True] * 20 + [False] * 5
+    snapshot = history[0].snapshot
+    assert snapshot is not None and snapshot().shape == scan.object_shape
+
+
+def test_half_resolution_epochs_are_skipped_where_they_cannot_run():
+    config = RefinementConfig(epochs=30, half_resolution_epochs=40)
+    assert [config.half_resolution_epochs_for(size) for size in (30, 32, 64, 128)] == [0, 40, 40, 40]
+    assert config.total_epochs_for(128) == 70 and config.total_epochs_for(32) == 70
+    assert RefinementConfig(epochs=30, half_resolution_epochs=0).total_epochs_for(64) == 30
+    assert RefinementConfig(epochs=0).total_epochs_for(64) == 0  # refinement off: network only
+
+
+def test_half_resolution_result_is_kept_only_if_the_full_likelihood_prefers_it(monkeypatch):
+    """A half-resolution stage that makes the full scan's likelihood worse leaves the start as it was."""
+    scan = simulate_scan("siemens", photons=1e5, n_positions=64, N=64, seed=4)
+    problem = RefinementProblem(scan, np.ones(scan.object_shape, np.complex64))
+    _, scores = choose_start(problem, None, RefinementStart.FLAT)
+    start = problem.canvas.clone()
+    rng = np.random.default_rng(0)
+    noise = torch.from_numpy((3 * rng.standard_normal(scan.object_shape)).astype(np.complex64))
+    monkeypatch.setattr(refinement_module, "upsampled", lambda half, shape: noise)
+    stage = refinement_module._half_resolution_stage(problem, scan, RefinementConfig(), 2, scores["flat"], [], None)
+    with pytest.raises(StopIteration) as finished:
+        while True:
+            next(stage)
+    assert finished.value.value == scores["flat"]
+    assert torch.equal(problem.canvas, start)
+
+
+def test_stop_during_the_half_resolution_epochs_returns_a_usable_object():
+    scan = simulate_scan("lines", photons=1e5, n_positions=144, N=64, seed=3)
+    calls = {"count": 0}
+
+    def stop_soon() -> bool:
+        calls["count"] += 1
+        return calls["count"] > 30
+
+    result = refine(scan, None, RefinementConfig(epochs=10, half_resolution_epochs=20), should_stop=stop_soon)
+    assert result.stopped and result.history[-1].half_resolution
+    assert all(report.half_resolution for report in result.history)
+    assert np.isfinite(result.object).all() and result.object.shape == scan.object_shape
+    quality = compare(result.object, scan.ground_truth, result.illuminated)
     assert quality.phase_ssim > quality.flat_phase_ssim
 
 

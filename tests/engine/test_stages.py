@@ -23,8 +23,10 @@ def test_events_in_order_and_the_model_left_as_it_was(
     events = list(reconstruct_stages(model, small_scan, execution=CPU, refinement=RefinementConfig(epochs=20)))
     assert isinstance(events[0], NetworkStage) and isinstance(events[-1], FinalResult)
     epochs = events[1:-1]
-    assert [event.report.epoch for event in epochs] == list(range(1, 21))
-    assert all(isinstance(event, RefinementEpoch) and event.report.nll >= event.nll_floor for event in epochs)
+    assert [event.report.epoch for event in epochs] == list(range(1, 61))  # 40 half-resolution, then 20 full
+    assert all(isinstance(event, RefinementEpoch) for event in epochs)
+    assert [event.report.half_resolution for event in epochs] == [True] * 40 + [False] * 20
+    assert all(event.report.nll >= event.nll_floor for event in epochs[40:])
     final = events[-1]
     assert final.fallback is None and final.reconstruction.stages == ("network", "refinement")
     assert np.array_equal(final.reconstruction.network_object, events[0].reconstruction.object)
@@ -32,7 +34,8 @@ def test_events_in_order_and_the_model_left_as_it_was(
     assert events[0].reconstruction.phase_std_rad is None and final.reconstruction.phase_std_rad is not None
     assert model.training and {parameter.device.type for parameter in model.parameters()} == {"cpu"}
     progress = [record.getMessage() for record in caplog.records if record.getMessage().startswith("Refinement epoch ")]
-    assert [message.split(":")[0] for message in progress] == [f"Refinement epoch {epoch}/20" for epoch in range(2, 21, 2)]
+    expected = [f"Refinement epoch {epoch}/60" + (" (half resolution)" if epoch <= 40 else "") for epoch in range(6, 61, 6)]
+    assert [message.split(":")[0] for message in progress] == expected  # every 10 % of the 60 epochs
 
 
 def test_refinement_off_stop_after_the_network_and_no_model(small_scan: Any, trained_small: Any) -> None:

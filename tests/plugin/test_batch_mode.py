@@ -45,7 +45,8 @@ def product_files(folder: Path) -> list[str]:
 def test_reconstruct_writes_the_network_object_and_the_result_only(
     model_core: Any, library: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Default settings (N=64: the shipped model, then 40 refinement epochs); previews would be due every second."""
+    """Default settings (N=64: the shipped model, then 40 half- and 30 full-resolution refinement epochs); previews
+    would be due every second."""
     caplog.set_level(logging.INFO, logger="ptychodus_pinn")
     inputs, outputs = tmp_path / "in", tmp_path / "out"
     truth = write_workflow_directory(
@@ -53,16 +54,17 @@ def test_reconstruct_writes_the_network_object_and_the_result_only(
     )
     assert int(model_core.batch_mode_execute("reconstruct", inputs, outputs)) == 0, caplog.text
     # before: the network's object, a refinement preview ~2 s later (more with Train On The Scan First), the result
-    assert product_files(outputs) == ["product.000001.h5", "product.000041.h5"]
+    assert product_files(outputs) == ["product.000001.h5", "product.000071.h5"]
     quality = compare(
-        load_product(outputs / "product.000041.h5").object_.get_layer(0), truth.ground_truth, illuminated_mask(truth)
+        load_product(outputs / "product.000071.h5").object_.get_layer(0), truth.ground_truth, illuminated_mask(truth)
     )
     print(f"batch reconstruct: {quality.as_dict()}")
     assert quality.phase_ssim > max(0.6, quality.flat_phase_ssim + 0.3)
     messages = [record.getMessage() for record in caplog.records if record.name.startswith("ptychodus_pinn")]
     assert "Reconstructing 144 patterns (N=64) with the shipped pretrained model, then refinement" in messages
     progress = [message for message in messages if message.startswith("Refinement epoch ")]
-    assert progress[0].startswith("Refinement epoch 4/40: Poisson NLL") and len(progress) == 10  # every 10 %
+    assert progress[0].startswith("Refinement epoch 7/70 (half resolution): Poisson NLL") and len(progress) == 10  # every 10 %
+    assert progress[-1].startswith("Refinement epoch 70/70: Poisson NLL")
 
 
 def test_train_then_reconstruct_uses_the_trained_model(
@@ -97,7 +99,7 @@ def test_train_then_reconstruct_uses_the_trained_model(
     messages = [record.getMessage() for record in caplog.records]
     assert any(message.startswith(f"Loaded model loaded from {MODEL_FILE}") for message in messages), messages
     assert any(f"with loaded from {MODEL_FILE}" in message and "then refinement" in message for message in messages)
-    assert product_files(outputs) == ["product.000001.h5", "product.000011.h5"]
+    assert product_files(outputs) == ["product.000001.h5", "product.000051.h5"]  # 40 half- + 10 full-resolution epochs
 
 
 def test_previews_only_with_a_panel_and_the_setting_on(library: Any) -> None:

@@ -193,6 +193,7 @@ def test_refinement_group() -> None:
     refinement = [field for field in FIELDS if field.section is Section.REFINEMENT]
     assert [field.key for field in refinement] == [
         "refine_epochs",
+        "refine_half_resolution_epochs",
         "refine_probe",
         "refine_batch_size",
         "refine_start",

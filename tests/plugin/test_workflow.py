@@ -34,7 +34,7 @@ def test_one_click_reconstruct_lands_on_truth(model_core: Any, library: Any, tmp
     obj = result.object_
     source = product.get_product().object_
     assert obj.get_geometry() == source.get_geometry()  # overlays the truth in ptychodus
-    assert len(result.losses) == 30 + 40  # training epochs, then the default refinement epochs
+    assert len(result.losses) == 30 + 30  # training epochs, then the default full-resolution refinement epochs
     assert result.losses[29].value < result.losses[0].value
     assert all(loss.value > 0 for loss in result.losses)  # ptychodus plots them on a log axis
     quality = compare(obj.get_layer(0), truth.ground_truth, illuminated_mask(truth))

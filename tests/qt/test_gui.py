@@ -114,9 +114,13 @@ def test_panel_groups_refinement_and_train_first(gui: Any, qtbot: Any) -> None:
     assert titles == ["Execution", "Refinement", "Training", "Model", "Advanced", "Display"]
     (refinement,) = [box for box in panel.findChildren(QGroupBox) if box.title() == "Refinement"]
     names = [child.objectName() for child in refinement.findChildren((QLineEdit, QComboBox, QCheckBox))]
-    assert names == ["refine_epochs", "refine_probe", "refine_batch_size", "refine_start", "refine_noise_model"]
+    assert names == [
+        "refine_epochs", "refine_half_resolution_epochs", "refine_probe", "refine_batch_size", "refine_start",
+        "refine_noise_model",
+    ]  # fmt: skip
     epochs = refinement.findChild(QLineEdit, "refine_epochs")
-    assert epochs.text() == "40" and "0 = network only" in epochs.toolTip()
+    assert epochs.text() == "30" and "0 = network only" in epochs.toolTip()
+    assert refinement.findChild(QLineEdit, "refine_half_resolution_epochs").text() == "40"
     epochs.clear()
     qtbot.keyClicks(epochs, "0")
     qtbot.keyClick(epochs, Qt.Key.Key_Return)

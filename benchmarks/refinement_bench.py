@@ -76,7 +76,7 @@ from ptychodus_pinn.engine.data import ReadOptions, Scan, atomic_write, load_sca
 from ptychodus_pinn.engine.inference import reconstruct_network
 from ptychodus_pinn.engine.metrics import compare
 from ptychodus_pinn.engine.persistence import load_pretrained, pretrained_path
-from ptychodus_pinn.engine.refinement import RefinementProblem, choose_start, iterate_refinement
+from ptychodus_pinn.engine.refinement import RefinementProblem, choose_start, iterate_refinement, refine_steps
 from ptychodus_pinn.engine.simulate import ObjectKind, ScanPath, simulate_scan
 
 HERE = Path(__file__).resolve().parent
@@ -328,6 +328,13 @@ def target_sentence(cases: list[dict[str, Any]]) -> str:
     return " ".join(parts)
 
 
+def _epochs_text(refined: dict[str, Any]) -> str:
+    """'60 epochs', or '40 half- + 60 full-resolution epochs' (results from before the half-resolution stage have
+    no such key)."""
+    half = refined.get("half_resolution_epochs", 0)
+    return f"{half} half- + {refined['epochs']} full-resolution epochs" if half else f"{refined['epochs']} epochs"
+
+
 def real_lines(real: dict[str, Any]) -> list[str]:
     refined, lsqml, committed = real["refinement"], real.get("lsqml"), real.get("committed_lsqml")
     rings = refined["half_scan"]["rings_to_nyquist"]
@@ -338,7 +345,7 @@ def real_lines(real: dict[str, Any]) -> list[str]:
                     "s per half", "s/epoch"]),
         "|---|---|---|---|---|",
         _table_row([
-            f"refinement, probe refined, from {refined['start']} ({refined['epochs']} epochs per half)",
+            f"refinement, probe refined, from {refined['start']} ({_epochs_text(refined)} per half)",
             _fmt(refined["half_scan"]["frc_1_7_ring"], 0),
             f"{_fmt(refined['first_half_vs_reference']['frc_1_7_ring'], 0)}, "
             f"{_fmt(refined['first_half_vs_reference']['phase_ssim_vs_reference'])}",
@@ -604,7 +611,8 @@ def refinement_curve(
     *,
     time_offset_s: float = 0.0,
 ) -> tuple[Curve, np.ndarray]:
-    """Refine with the engine's own loop, scoring at ``record_epochs`` without counting the scoring.
+    """Refine with the engine's own loop, scoring at ``record_epochs`` without counting the scoring. The loop is
+    ``iterate_refinement``: full-resolution epochs only, without ``refine_steps``'s half-resolution stage.
 
     Counted: building the problem, the start choice and the epochs (``RefinementReport.seconds``
     counts the loop's own work only, so scoring between epochs is left out), plus ``time_offset_s``
@@ -767,8 +775,10 @@ def committed_real_lsqml(path: Path = COMMITTED_REAL) -> dict[str, Any] | None:
 def run_real(settings: Settings, out: Path, name: str) -> dict[str, Any]:
     """Refinement (probe refined) on each interleaved half of the real star; half-scan FRC beside LSQML's.
 
-    The two halves are refined in lockstep so the half-scan FRC can be followed per epoch; each
-    half's time is the sum of its own epochs (its generator's steps), so neither counts the other.
+    The two halves are refined in lockstep (``refine_steps``, the product's refinement: the half-resolution
+    epochs, then the full-resolution ones) so the half-scan FRC can be followed per epoch; each half's time is
+    its network pass plus its own steps, so neither counts the other. The objects scored at the end are the
+    results (the lowest-likelihood state), as a user gets them.
     """
     print("\n=== real Siemens star (shared/data) ===", flush=True)
     scan = load_scan(REAL_SCAN, ReadOptions(margin_px=REAL_MARGIN_PX, max_patterns=settings.real_max_patterns))
@@ -782,39 +792,47 @@ def run_real(settings: Settings, out: Path, name: str) -> dict[str, Any]:
     config = RefinementConfig(
         epochs=settings.real_refine_epochs, refine_probe=True, start=RefinementStart.AUTO if model else RefinementStart.FLAT
     )
-    problems, generators, seconds, starts = [], [], [0.0, 0.0], []
-    for half in halves:
+    generators, seconds = [], [0.0, 0.0]
+    for index, half in enumerate(halves):
         tick = time.perf_counter()
         start_object = None
         if model is not None:
             start_object = reconstruct_network(model, half, execution=ExecutionConfig(accelerator="cpu")).object
-        problem = RefinementProblem(half, np.ones(half.object_shape, np.complex64))
-        starts.append(choose_start(problem, start_object, config.start)[0].value)
-        seconds[len(problems)] += time.perf_counter() - tick
-        problems.append(problem)
-        generators.append(iterate_refinement(problem, config))
-    marks = set(record_epochs(config.epochs))
+        seconds[index] += time.perf_counter() - tick
+        generators.append(refine_steps(half, start_object, config))
+    epochs = config.total_epochs_for(scan.size_px)
+    marks = set(record_epochs(epochs))
     records = []
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(1, epochs + 1):
+        reports = []
         for index, generator in enumerate(generators):
             tick = time.perf_counter()
-            next(generator)
+            reports.append(next(generator))
             seconds[index] += time.perf_counter() - tick
         if epoch in marks:
-            frc = frc_between(current_object(problems[1]), current_object(problems[0]), lit)
+            frc = frc_between(reports[1].snapshot(), reports[0].snapshot(), lit)  # type: ignore[misc]
             records.append({"epoch": epoch, "wall_s": float(np.mean(seconds)), "frc_1_7_ring": frc["frc_1_7_ring"]})
             print(
                 f"refinement epoch {epoch}: half-scan FRC 1/7 ring {frc['frc_1_7_ring']:.0f} "
                 f"at {records[-1]['wall_s']:.1f} s per half",
                 flush=True,
             )
-    objects = [current_object(problem) for problem in problems]
+    results = []
+    for index, generator in enumerate(generators):
+        tick = time.perf_counter()
+        try:
+            next(generator)
+        except StopIteration as finished:
+            results.append(finished.value)
+        seconds[index] += time.perf_counter() - tick
+    objects = [result.object for result in results]
     per_half = float(np.mean(seconds))
     result: dict[str, Any] = {
         "patterns": scan.count, "half_patterns": halves[0].count, "N": scan.size_px, "object_shape": list(scan.object_shape),
         "refinement": {
-            "epochs": config.epochs, "start": "/".join(sorted(set(starts))), "seconds_per_half": per_half,
-            "seconds_per_epoch": per_half / max(config.epochs, 1), "records": records,
+            "epochs": config.epochs, "half_resolution_epochs": config.half_resolution_epochs_for(scan.size_px),
+            "start": "/".join(sorted({result.start.value for result in results})), "seconds_per_half": per_half,
+            "seconds_per_epoch": per_half / max(epochs, 1), "records": records,
             "half_scan": frc_between(objects[1], objects[0], lit),
             "first_half_vs_reference": frc_between(objects[0][:rows, :cols], reference, lit_ref),
         },

@@ -39,7 +39,7 @@ class DemoSettings:
     batch_size: int = 16
     n_filters_scale: int = 1
     gridsize: int = 1
-    refine_epochs: int = 40
+    refine_epochs: int = RefinementConfig().epochs  # after the default half-resolution epochs
 
 
 QUICK = DemoSettings(size_px=32, n_positions=144, epochs=3, batch_size=16, refine_epochs=10)
@@ -122,8 +122,11 @@ def run_demo(
     metrics: dict[str, dict[str, Any]] = {}
     rows = []
     for name, scan in scans.items():
-        print(f"reconstructing the {name.replace('_', ' ')}: network, then {settings.refine_epochs} epochs of refinement ...")
         refinement = RefinementConfig(epochs=settings.refine_epochs)  # start auto: the network's object competes
+        print(
+            f"reconstructing the {name.replace('_', ' ')}: network, then {refinement.half_resolution_epochs} half- and "
+            f"{refinement.epochs} full-resolution epochs of refinement ..."
+        )
         reconstruction = reconstruct(result.model, scan, execution=execution, refinement=refinement)
         assert scan.ground_truth is not None
         quality = reconstruction_metrics(reconstruction, scan.ground_truth)

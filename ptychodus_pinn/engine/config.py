@@ -582,8 +582,8 @@ class RefinementConfig:
         "Epochs",
         "Full-resolution refinement epochs after the network (and the half-resolution ones): the object is refined "
         "against the likelihood of all patterns jointly (each epoch visits every pattern once); 0 = network only. "
-        "With the half-resolution epochs, 30 reach about LSQML's quality at N = 64 and 128; exact phase values on "
-        "smooth objects take more (docs/quality.md).",
+        "With the half-resolution epochs, 30 reach LSQML's quality at N = 64 and 0.99-1.05x of it at N = 128 "
+        "(phase SSIM; docs/quality.md).",
         unit="epochs", minimum=0, maximum=MAX_COUNT, cli="--refine-epochs"))
     half_resolution_epochs: int = field(default=40, metadata=knob(
         "Half-Resolution Epochs",

@@ -99,7 +99,7 @@ class DistillationTargets(pl.Callback):
             self.targets.append(self._refined(scan, None, self.devices.torch_device))
             logger.info(
                 "Distillation target %d/%d: %d refinement epochs (%.1f s so far)",
-                index + 1, len(self.scans), self.refinement.epochs, time.perf_counter() - started,
+                index + 1, len(self.scans), self.refinement.total_epochs_for(scan.size_px), time.perf_counter() - started,
             )  # fmt: skip
         for dataset in self.datasets:
             self._write_labels(dataset, range(len(self.scans)))

@@ -32,6 +32,11 @@ from the algorithm:
    0.84–0.87 by epoch 100; 10⁴ photons from epoch ~25), also with the momentum dropped; with it no
    run of the 16 measured rose again and the first 40 epochs are unchanged.
 
+*Half resolution first.* ``refine_steps`` runs ``half_resolution_epochs`` of the above on the detector's
+central N/2 × N/2 pixels (``half_resolution_scan``: the object at twice the pixel size, a quarter of the
+cost per epoch), where the object's large features converge, and adds what they changed (upsampled) to
+the start before the full-resolution epochs (docs/physics.md, "Half resolution first").
+
 Everything runs in complex64 on the chosen device. ``iterate_refinement`` yields one
 :class:`RefinementReport` per epoch (cdtools-style), ``refine`` runs it to the end and returns the
 best state by likelihood. Stop (``should_stop``) is checked between mini-batches.
@@ -633,7 +638,7 @@ def _exit_wave_residual(
 # The central N/2 × N/2 detector pixels see the object at twice the pixel size: an epoch there costs a quarter,
 # and the object's large features (what full-resolution epochs are slowest to settle) converge in it. Measured on
 # N = 128 lines / circuit (network start, 10⁵ photons): 40 half- + 30 full-resolution epochs reach phase SSIM
-# 0.900 / 0.737 in the time 40 full ones reach 0.879 / 0.699 (80 full: 0.907 / 0.739); docs/quality.md.
+# 0.904 / 0.735 in the time 40 full ones reach 0.879 / 0.699 (80 full: 0.907 / 0.739); docs/physics.md.
 
 
 def half_resolution_scan(scan: Scan) -> Scan:
@@ -688,7 +693,11 @@ def _half_resolution_stage(
 ) -> Generator[RefinementReport, None, float]:
     """Refine at half resolution from ``problem``'s start, then add what it changed (upsampled) to that start: the
     start's fine detail stays. The result replaces the start only if the full scan's likelihood prefers it.
-    Reports (``half_resolution``) go to ``history``; returns the full-resolution NLL of the state kept."""
+    Reports (``half_resolution``) go to ``history``; returns the full-resolution NLL of the state kept.
+
+    With ``refine_probe`` the half-resolution probe is refined too and then dropped (the full-resolution epochs
+    start from the scan's probe): with the probe held at a wrong guess, the guess's errors went into the object
+    (real Siemens star: agreement with the LSQML reference, phase SSIM 0.605 → 0.483; refined too: 0.604)."""
     start = problem.cropped(problem.canvas).clone()
 
     def on_full_grid(half_object: torch.Tensor) -> np.ndarray:
@@ -698,7 +707,7 @@ def _half_resolution_stage(
     half_start = every_other_pixel(start, half_scan.object_shape)
     half = RefinementProblem(half_scan, half_start.cpu().numpy(), problem.device)
     total = epochs + config.epochs
-    for report in iterate_refinement(half, replace(config, epochs=epochs, refine_probe=False), should_stop):
+    for report in iterate_refinement(half, replace(config, epochs=epochs), should_stop):
         report.epochs, report.half_resolution = total, True
         report.snapshot = lambda: on_full_grid(half.cropped(half.canvas))
         history.append(report)

@@ -347,7 +347,7 @@ class StreamingWorkflow(FileBasedWorkflow):
             scan.size_px,
             time.perf_counter() - started,
             source,
-            f" + {len(losses)} refinement epochs" if losses else "",
+            f" + {len(result.refinement.history)} refinement epochs" if result.refinement is not None else "",
             job.output,
         )
 

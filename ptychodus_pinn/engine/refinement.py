@@ -712,6 +712,8 @@ def _half_resolution_stage(
         report.snapshot = lambda: on_full_grid(half.cropped(half.canvas))
         history.append(report)
         yield report
+    for report in history:  # a snapshot is for while the stage runs: the result's history must not keep it alive
+        report.snapshot = None
     candidate, nll = scaled_start(problem, on_full_grid(half.cropped(half.canvas)))
     if not nll < start_nll:  # also NaN: the half-resolution epochs did not help the full scan's likelihood
         return start_nll

@@ -25,6 +25,7 @@ from ptychodus_pinn.engine.refinement import (
     half_resolution_scan,
     iterate_refinement,
     refine,
+    refine_steps,
     upsampled,
 )
 from ptychodus_pinn.engine.simulate import simulate_scan
@@ -393,8 +394,12 @@ def test_half_resolution_epochs_settle_the_object_faster():
     assert [report.epoch for report in history] == list(range(1, 26))
     assert {report.epochs for report in history} == {25}
     assert [report.half_resolution for report in history] == [True] * 20 + [False] * 5
-    snapshot = history[0].snapshot
-    assert snapshot is not None and snapshot().shape == scan.object_shape
+    # a snapshot while the half-resolution stage runs is on the full grid; after it, none keeps that stage alive
+    shapes = [
+        report.snapshot().shape for report in refine_steps(scan, None, RefinementConfig(epochs=1, half_resolution_epochs=2))
+    ]
+    assert shapes == [scan.object_shape] * 3
+    assert all(report.snapshot is None for report in history[:20])
 
 
 def test_half_resolution_epochs_are_skipped_where_they_cannot_run():

@@ -76,7 +76,7 @@ from ptychodus_pinn.engine.data import ReadOptions, Scan, atomic_write, load_sca
 from ptychodus_pinn.engine.inference import reconstruct_network
 from ptychodus_pinn.engine.metrics import compare
 from ptychodus_pinn.engine.persistence import load_pretrained, pretrained_path
-from ptychodus_pinn.engine.refinement import RefinementProblem, choose_start, iterate_refinement, refine_steps
+from ptychodus_pinn.engine.refinement import RefinementProblem, choose_start, refine_steps
 from ptychodus_pinn.engine.simulate import ObjectKind, ScanPath, simulate_scan
 
 HERE = Path(__file__).resolve().parent
@@ -136,6 +136,7 @@ class Settings:
     n_positions: int = 576
     seed: int = 11
     refine_epochs: int = 100
+    refine_half_resolution_epochs: int = RefinementConfig().half_resolution_epochs
     lsqml_epochs: int = 200
     lsqml_record_every: int = 5
     epie_epochs: int = 30
@@ -328,6 +329,12 @@ def target_sentence(cases: list[dict[str, Any]]) -> str:
     return " ".join(parts)
 
 
+def _refine_epochs_text(settings: dict[str, Any]) -> str:
+    """The simulated cases' refinement epochs (settings saved before the half-resolution stage have no such key)."""
+    half = settings.get("refine_half_resolution_epochs", 0)
+    return f"{half} half- + {settings['refine_epochs']} full-resolution epochs" if half else f"{settings['refine_epochs']} epochs"
+
+
 def _epochs_text(refined: dict[str, Any]) -> str:
     """'60 epochs', or '40 half- + 60 full-resolution epochs' (results from before the half-resolution stage have
     no such key)."""
@@ -387,7 +394,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Machine: {results['machine']['description']}. {settings['n_positions']} patterns per scan, seed "
         f"{settings['seed']} (not a training seed of the shipped model), known probe and positions; refinement "
-        f"{settings['refine_epochs']} epochs, LSQML {settings['lsqml_epochs']}, ePIE {settings['epie_epochs']}. "
+        f"{_refine_epochs_text(settings)}, LSQML {settings['lsqml_epochs']}, ePIE {settings['epie_epochs']}. "
         "Cells: final phase SSIM (wall s). Times exclude scoring; network + refinement includes the network's "
         "forward pass and stitching. Ratios: time to LSQML's final phase SSIM ÷ LSQML's time to 95 % of it "
         f"(target ≤ {TARGET_TIME_RATIO:g}, goal ≤ {GOAL_TIME_RATIO:g}).",
@@ -435,7 +442,7 @@ def readme_block(results: dict[str, Any]) -> str:
         f"Measured by `benchmarks/refinement_bench.py --name {results['name']}` on {results['machine']['description']} "
         f"(`benchmarks/results/{results['name']}.md`, {results.get('total_s', 0) / 60:.0f} min): "
         f"{settings['n_positions']} patterns per scan (seed {settings['seed']}, unseen by the shipped model), known probe; "
-        f"refinement {settings['refine_epochs']} epochs, pty-chi LSQML {settings['lsqml_epochs']} epochs, ePIE "
+        f"refinement {_refine_epochs_text(settings)}, pty-chi LSQML {settings['lsqml_epochs']} epochs, ePIE "
         f"{settings['epie_epochs']} epochs. Cells: final phase SSIM (wall seconds, scoring excluded; network + refinement "
         "includes the network). Ratio: time to LSQML's final phase SSIM ÷ LSQML's time to 95 % of it.",
         "",
@@ -458,7 +465,7 @@ def readme_block(results: dict[str, Any]) -> str:
         lines += [
             "",
             f"Real Siemens star, half-scan FRC 1/7 ring of {refined['half_scan']['rings_to_nyquist']}: refinement with the "
-            f"probe refined {_fmt(refined['half_scan']['frc_1_7_ring'], 0)} ({refined['epochs']} epochs, "
+            f"probe refined {_fmt(refined['half_scan']['frc_1_7_ring'], 0)} ({_epochs_text(refined)}, "
             f"{_fmt(refined['seconds_per_half'], 0)} s per half), {other}.",
         ]
     return "\n".join(lines)
@@ -602,6 +609,12 @@ def shipped_model(size: int) -> Any:
     return load_pretrained(size) if pretrained_path(size) is not None else None
 
 
+def refinement_config(settings: Settings, start: RefinementStart) -> RefinementConfig:
+    return RefinementConfig(
+        epochs=settings.refine_epochs, half_resolution_epochs=settings.refine_half_resolution_epochs, start=start
+    )
+
+
 def refinement_curve(
     method: str,
     scan: Scan,
@@ -611,38 +624,51 @@ def refinement_curve(
     *,
     time_offset_s: float = 0.0,
 ) -> tuple[Curve, np.ndarray]:
-    """Refine with the engine's own loop, scoring at ``record_epochs`` without counting the scoring. The loop is
-    ``iterate_refinement``: full-resolution epochs only, without ``refine_steps``'s half-resolution stage.
+    """Refine as the product does (``refine_steps``: the half-resolution epochs, then the full-resolution ones),
+    scoring the object at ``record_epochs`` without counting the scoring.
 
-    Counted: building the problem, the start choice and the epochs (``RefinementReport.seconds``
-    counts the loop's own work only, so scoring between epochs is left out), plus ``time_offset_s``
-    (the network's time for network + refinement). Epoch 0 is the chosen start.
+    Counted: every call into the generator (building the problem, the start choice, the epochs, the
+    half-resolution stage's set-up) plus ``time_offset_s`` (the network's time for network + refinement);
+    scoring happens between calls. Epoch 0 is the chosen start (made again, untimed, to score it), at the
+    time the first call spent before its epoch's own work. The object returned is the result.
     """
-    tick = time.perf_counter()
     problem = RefinementProblem(scan, np.ones(scan.object_shape, np.complex64))
     chosen, start_nll = choose_start(problem, start_object, config.start)
-    setup_s = time.perf_counter() - tick
-    base_s = time_offset_s + setup_s
+    start_quality = score(current_object(problem))
+    del problem
+    steps = refine_steps(scan, start_object, config)
+    marks = set(record_epochs(config.total_epochs_for(scan.size_px)))
     curve = Curve(method)
-    curve.records.append({"epoch": 0, "wall_s": base_s, "nll": start_nll[chosen.value], **score(current_object(problem))})
-    marks = set(record_epochs(config.epochs))
     epochs: list[dict[str, Any]] = []
-    scoring_s = 0.0
-    for report in iterate_refinement(problem, config):
-        wall_s = base_s + report.seconds  # the loop's own seconds: scoring between epochs is not in them
-        epochs.append({"epoch": report.epoch, "wall_s": wall_s, "nll": report.nll, "batch_size": report.batch_size})
+    working_s, scoring_s, setup_s = time_offset_s, 0.0, 0.0
+    while True:
+        tick = time.perf_counter()
+        try:
+            report = next(steps)
+        except StopIteration as finished:
+            result = finished.value
+            working_s += time.perf_counter() - tick
+            break
+        spent = time.perf_counter() - tick
+        if not epochs:  # the first call also built the problem and chose the start
+            setup_s = spent - report.seconds
+            curve.records.append({"epoch": 0, "wall_s": time_offset_s + setup_s, "nll": start_nll[chosen.value], **start_quality})
+        working_s += spent
+        epochs.append({"epoch": report.epoch, "wall_s": working_s, "nll": report.nll, "batch_size": report.batch_size,
+                       "half_resolution": report.half_resolution})  # fmt: skip
         if report.epoch in marks:
             tick = time.perf_counter()
-            quality = score(current_object(problem))
+            quality = score(report.snapshot())  # type: ignore[misc]
             scoring_s += time.perf_counter() - tick
-            curve.records.append({"epoch": report.epoch, "wall_s": wall_s, "nll": report.nll, **quality})
-    refine_s = epochs[-1]["wall_s"] - base_s if epochs else 0.0
+            curve.records.append({"epoch": report.epoch, "wall_s": working_s, "nll": report.nll, **quality})
+    refine_s = working_s - time_offset_s - setup_s
     curve.extra.update(
-        start=chosen.value, start_nll=start_nll, setup_s=setup_s, time_offset_s=time_offset_s,
+        start=result.start.value, start_nll=result.start_nll, setup_s=setup_s, time_offset_s=time_offset_s,
         seconds_per_epoch=refine_s / max(len(epochs), 1), epochs=epochs, scoring_s=scoring_s,
-        config={"epochs": config.epochs, "start": config.start.value, "batch_size": config.batch_size},
+        config={"epochs": config.epochs, "half_resolution_epochs": config.half_resolution_epochs_for(scan.size_px),
+                "start": config.start.value, "batch_size": config.batch_size},
     )  # fmt: skip
-    return curve, current_object(problem)
+    return curve, result.object
 
 
 def ptychi_curve(
@@ -676,9 +702,7 @@ def warm_up(scan: Scan, model: Any, settings: Settings) -> float:
     start_object = None
     if model is not None:
         start_object = reconstruct_network(model, scan, execution=ExecutionConfig(accelerator="cpu")).object
-    problem = RefinementProblem(scan, np.ones(scan.object_shape, np.complex64))
-    choose_start(problem, start_object, RefinementStart.AUTO)
-    for _ in iterate_refinement(problem, RefinementConfig(epochs=2)):
+    for _ in refine_steps(scan, start_object, RefinementConfig(epochs=2, half_resolution_epochs=2)):  # both stages
         pass
     for method in ("lsqml", "epie"):
         run_ptychi(
@@ -719,9 +743,7 @@ def run_case(case: Case, settings: Settings, out: Path, name: str) -> dict[str, 
         objects[NETWORK] = network.object
         print(f"{NETWORK}: {network_s:.2f} s, phase SSIM {curve.final()['phase_ssim']:.3f}", flush=True)
 
-    flat_curve, objects[FLAT] = refinement_curve(
-        FLAT, scan, None, RefinementConfig(epochs=settings.refine_epochs, start=RefinementStart.FLAT), score
-    )
+    flat_curve, objects[FLAT] = refinement_curve(FLAT, scan, None, refinement_config(settings, RefinementStart.FLAT), score)
     curves.append(flat_curve)
     print(
         f"{FLAT}: {flat_curve.extra['seconds_per_epoch']:.3f} s/epoch, phase SSIM {flat_curve.final()['phase_ssim']:.3f}",
@@ -730,7 +752,7 @@ def run_case(case: Case, settings: Settings, out: Path, name: str) -> dict[str, 
     if model is not None:
         refined, objects[NETWORK_REFINED] = refinement_curve(
             NETWORK_REFINED, scan, network.object,
-            RefinementConfig(epochs=settings.refine_epochs, start=RefinementStart.AUTO), score,
+            refinement_config(settings, RefinementStart.AUTO), score,
             time_offset_s=network_s,
         )  # fmt: skip
         curves.append(refined)
@@ -876,6 +898,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--positions", type=int, dest="n_positions")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--refine-epochs", type=int)
+    parser.add_argument("--refine-half-resolution-epochs", type=int, help="0: the full-resolution loop alone")
     parser.add_argument("--lsqml-epochs", type=int)
     parser.add_argument("--lsqml-record-every", type=int)
     parser.add_argument("--epie-epochs", type=int)

@@ -120,9 +120,14 @@ def test_infer_refines_by_default_and_metrics_hold_both_stages(cli_model, capsys
         assert list(archive["stages"]) == ["network", "refinement"]
         assert archive["network_object"].shape == archive["object"].shape
         assert archive["probe"].ndim == 3
+    assert main([*arguments, "--refine-epochs", "3", "--refine-half-resolution-epochs", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["refinement_epochs"] == 3 and metrics["refinement_half_resolution_epochs"] == 0
     assert main([*arguments, "--refine-epochs", "0"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["stages"] == ["network"] and "network_phase_ssim" not in metrics
+    assert main([*arguments, "--refine-half-resolution-epochs", "-1"]) == 2  # refused, naming the flag
+    assert "--refine-half-resolution-epochs" in capsys.readouterr().err
 
 
 def test_infer_without_a_model_refines_from_flat_or_says_what_is_missing(cli_model, capsys):

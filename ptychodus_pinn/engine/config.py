@@ -27,7 +27,8 @@ from typing import Any
 
 SUPPORTED_PATTERN_SIZES_PX: tuple[int, ...] = (32, 64, 128, 256)
 # upper limits: far beyond any real run, low enough that a typo (an extra zero, 1e29) is refused up front
-# refinement's half-resolution stage runs for N ≥ 32 (N/2 = 16 px still helps: measured at N = 32, docs/quality.md)
+# refinement's half-resolution stage runs for N ≥ 32 (at N = 32 its 16-px half is level with full-resolution epochs of
+# the same cost; at N = 64 and 128 it is ahead: docs/physics.md, "Half resolution first")
 HALF_RESOLUTION_MIN_PX = 32
 MAX_COUNT = 1_000_000  # epochs, batch sizes, patience, accumulation, top-k
 MAX_WORKERS = 1024

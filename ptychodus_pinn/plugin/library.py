@@ -347,7 +347,7 @@ class _PinnReconstructor:
 
     def _refinement_epochs(self) -> int:
         """Refinement's epochs for a progress goal asked before the scan is known: its half-resolution ones counted
-        (N a multiple of 4, as nearly every detector crop); the run reports the exact goal once it knows N."""
+        (they run for every pattern size the engine takes); the run reports the exact goal once it knows N."""
         epochs = int(self._setting("refine_epochs"))
         return epochs + int(self._setting("refine_half_resolution_epochs")) if epochs > 0 else 0
 

@@ -605,7 +605,7 @@ def _parse_arrays(arrays: dict[str, Any], options: ReadOptions, source: str) -> 
     if options.crop_px is not None and options.crop_px != patterns.shape[-1]:
         # a smaller far-field window means coarser real-space pixels: positions shrink by the same factor
         positions = positions * (options.crop_px / patterns.shape[-1])
-        patterns, probe, bad_pixels = _centre_crop(patterns, probe, bad_pixels, options.crop_px)
+        patterns, probe, bad_pixels = centre_crop(patterns, probe, bad_pixels, options.crop_px)
         on_grid = False
     size = patterns.shape[-1]
     from_ptychodus = metadata.get("position_convention") != POSITION_CONVENTION and "format" not in metadata
@@ -634,7 +634,7 @@ def _parse_arrays(arrays: dict[str, Any], options: ReadOptions, source: str) -> 
     )
 
 
-def _centre_crop(
+def centre_crop(
     patterns: np.ndarray, probe: np.ndarray, bad_pixels: np.ndarray | None, size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Crop detector frames around zero frequency and resample the probe to the new real-space pixel.

@@ -411,7 +411,8 @@ def _refinement_stage(
             except StopIteration as finished:
                 result: RefinementResult = finished.value
                 break
-            if (report.epoch % log_every == 0 or report.stopped) and report.half_resolution:
+            due = report.epoch % log_every == 0 or report.stopped
+            if due and report.half_resolution:
                 logger.info(
                     "Refinement epoch %d/%d (half resolution): Poisson NLL %.4f over the detector's centre, mini-batch "
                     "%d, %.1f s",
@@ -421,7 +422,7 @@ def _refinement_stage(
                     report.batch_size,
                     report.seconds,
                 )
-            elif report.epoch % log_every == 0 or report.stopped:
+            elif due:
                 logger.info(
                     "Refinement epoch %d/%d: Poisson NLL %.4f (%.4g above a perfect fit), mini-batch %d, %.1f s",
                     report.epoch,

@@ -54,7 +54,7 @@ import torch
 
 from ptychodus_pinn.engine import physics
 from ptychodus_pinn.engine.config import NoiseModel, RefinementConfig, RefinementStart
-from ptychodus_pinn.engine.data import Scan
+from ptychodus_pinn.engine.data import Scan, centre_crop
 from ptychodus_pinn.engine.device import DeviceLike, torch_device
 
 
@@ -642,25 +642,23 @@ def _exit_wave_residual(
 
 
 def half_resolution_scan(scan: Scan) -> Scan:
-    """The scan seen through the detector's central half: patterns (and mask) cropped to N/2, the probe band-limited
-    to the same frequencies, positions and the object grid halved. Pixel j of its object is pixel 2j of the scan's.
+    """The scan seen through the detector's central half: patterns (and mask) cropped to N/2 and the probe band-limited
+    to the same frequencies (``data.centre_crop``, what a reader's crop does), positions and the object grid halved.
+    Pixel j of its object is pixel 2j of the scan's.
 
     For an exit wave band-limited to that half, its far field on N/2 pixels is the full one's centre
     (Parseval fixes the scale; refinement takes the intensity scale from the counts anyway).
     """
-    size = scan.size_px
-    centre = slice(size // 4, size // 4 + size // 2)
-    far = physics.far_field(torch.from_numpy(scan.probe))[..., centre, centre]
-    probe = torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(far, dim=(-2, -1)), norm="ortho"), dim=(-2, -1))
+    patterns, probe, bad_pixels = centre_crop(scan.patterns, scan.probe, scan.bad_pixels, scan.size_px // 2)
     height, width = scan.object_shape
     # built from a validated scan, so not validated again: N/2 = 16 (from N = 32) is below the sizes the network
     # and the file formats take, which refinement does not mind
     half = object.__new__(Scan)
-    half.patterns = np.ascontiguousarray(scan.patterns[:, centre, centre])
+    half.patterns = np.ascontiguousarray(patterns)
     half.positions_yx_px = scan.positions_yx_px / 2
-    half.probe = probe.numpy()
+    half.probe = probe.astype(np.complex64)
     half.object_shape = (height // 2 + 1, width // 2 + 1)
-    half.bad_pixels = None if scan.bad_pixels is None else scan.bad_pixels[centre, centre]
+    half.bad_pixels = bad_pixels
     half.object_guess = half.ground_truth = None
     half.metadata = {}
     return half

@@ -5,10 +5,10 @@ is in the pretraining corpus, whose seeds start at 2000 and whose natural images
 photographs) and for each model given (``--models NAME=PATH ...``; default: the shipped model):
 
 - **network alone**: one forward pass, phases aligned, stitched (``inference.reconstruct_network``);
-- **network + refinement**: the default 40 refinement epochs, the start chosen by the data's
-  likelihood (``--refine-start auto``), so the network's object is used where it helps;
+- **network + refinement**: the default refinement (40 half-resolution, then 30 epochs), the start
+  chosen by the data's likelihood (``--refine-start auto``), so the network's object is used where it helps;
 
-beside refinement from a flat object (40 epochs, no network) and pty-chi LSQML (200 epochs, probe and
+beside refinement from a flat object (the same epochs, no network) and pty-chi LSQML (200 epochs, probe and
 positions fixed; ``ptychi_runner``). Quality: ``metrics.compare`` phase SSIM over one illuminated mask
 per case, as ``refinement_bench.py``. Ratios are to LSQML's final phase SSIM.
 

@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,10 @@ def train_with(
     initial: Any = None,
     weight: float = 1.0,
     learning_rate: float | None = None,
+    on_epoch_end: Callable[[training.EpochReport], None] | None = None,
 ) -> tuple[Any, float, dict]:
-    """(model, seconds, distillation summary) for one training target; the truth is removed from every training scan."""
+    """(model, seconds, distillation summary) for one training target; the truth is removed from every training scan.
+    The distillation summary also holds ``best_epoch``: the epoch whose weights training kept (lowest validation loss)."""
     data = [dataclasses.replace(scan, ground_truth=None) for scan in scans]
     config = RunConfig(
         # width 1 (the CPU preset) from scratch; a warm start keeps the initial model's own width
@@ -96,8 +99,8 @@ def train_with(
         ExecutionConfig(accelerator="cpu"),
     )
     started = time.perf_counter()
-    result = training.train(data, config, initial_model=initial)
-    return result.model, time.perf_counter() - started, result.extra.get("distillation", {})
+    result = training.train(data, config, initial_model=initial, on_epoch_end=on_epoch_end)
+    return result.model, time.perf_counter() - started, {**result.extra.get("distillation", {}), "best_epoch": result.best_epoch}
 
 
 def run_kind(
@@ -116,6 +119,7 @@ def run_kind(
     learning_rate: float | None = None,
     seeds: tuple[int, int, int] = (*TRAIN_SEEDS, TEST_SEED),
     rehearsal: tuple[Scan, ...] = (),
+    track_epochs: bool = False,
 ) -> dict[str, Any]:
     train_scans = [simulate_scan(kind, photons, positions, N, seed=seed, path=path) for seed in seeds[:2]]
     train_scans += rehearsal  # corpus scans trained on beside them (--rehearse); scored on the first scan only
@@ -130,13 +134,31 @@ def run_kind(
         row["shipped_alone"] = {"held_out_phase_ssim": network_phase_ssim(initial, test)}
     for suffix, start in starts:
         for target in targets:
-            model, seconds, distillation = train_with(target, train_scans, epochs, N, refresh, start, weight, learning_rate)
+            tracked: list[dict[str, float | None]] = []
+
+            def track(report: training.EpochReport, tracked: list[dict[str, float | None]] = tracked) -> None:
+                # the held-out score after every epoch (costs ~1 s an epoch): does the validation loss see it?
+                assert report.model is not None
+                was_training = report.model.training
+                tracked.append({
+                    "epoch": report.epoch, "train_loss": report.train_loss, "val_loss": report.val_loss,
+                    "held_out_phase_ssim": network_phase_ssim(report.model, test),
+                    "train_scan_phase_ssim": network_phase_ssim(report.model, train_scans[0]),
+                })  # fmt: skip
+                report.model.train(was_training)
+
+            model, seconds, distillation = train_with(
+                target, train_scans, epochs, N, refresh, start, weight, learning_rate, track if track_epochs else None
+            )
             key = target + suffix
             row[key] = {
                 "held_out_phase_ssim": network_phase_ssim(model, test),
                 "train_scan_phase_ssim": network_phase_ssim(model, train_scans[0]),
                 "train_s": seconds,
+                "best_epoch": distillation.pop("best_epoch"),
             }
+            if tracked:
+                row[key]["per_epoch"] = tracked
             if distillation:
                 row[key]["distillation"] = distillation
             print(
@@ -190,6 +212,30 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {row['kind']} ({row['path']}) | " + " | ".join(cells) + f" | {row['refinement_from_flat_phase_ssim']:.3f} |"
         )
     lines += ["", "Cells: phase SSIM of the network's object on the held-out scan (on the first training scan)."]
+    for row in results["rows"]:
+        for key in present:
+            tracked = (row.get(key) or {}).get("per_epoch")
+            if not tracked:
+                continue
+            lines += [
+                "",
+                f"{row['kind']}, {COLUMNS[key]}, per epoch (training keeps epoch {row[key]['best_epoch']}, the lowest "
+                "validation loss"
+                + (
+                    f"; initial model: held-out {row['shipped_alone']['held_out_phase_ssim']:.3f}"
+                    if "shipped_alone" in row
+                    else ""
+                )
+                + "):",
+                "",
+                "| epoch | validation loss | held-out phase SSIM | train scan phase SSIM |",
+                "|---|---|---|---|",
+            ]
+            shown = [entry for entry in tracked if entry["epoch"] in (1, 2, 3) or entry["epoch"] % 5 == 0]
+            for entry in shown:
+                val_loss = "—" if entry["val_loss"] is None else f"{entry['val_loss']:.5f}"
+                held_out, train_scan = entry["held_out_phase_ssim"], entry["train_scan_phase_ssim"]
+                lines.append(f"| {entry['epoch']} | {val_loss} | {held_out:.3f} | {train_scan:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -225,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="K",
         help="also train on the first K broad-one-probe corpus scans (400 patterns each; rehearsal against forgetting)",
     )
+    parser.add_argument(
+        "--track-epochs", action="store_true", help="score the held-out scan after every epoch, beside the validation loss"
+    )
     parser.add_argument("--name", default="training-targets-cpu")
     parser.add_argument("--out", default=str(HERE / "results"))
     arguments = parser.parse_args(argv)
@@ -241,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 kind, path or "jittered", arguments.size, arguments.positions, arguments.photons, arguments.epochs,
                 arguments.refresh, initial, tuple(arguments.targets), arguments.distil_weight,
                 not arguments.shipped_only, not arguments.skip_ceiling, arguments.learning_rate, tuple(arguments.seeds),
-                rehearsal,
+                rehearsal, arguments.track_epochs,
             )
         )  # fmt: skip
     import platform
@@ -252,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                      "distil_weight": arguments.distil_weight, "train_seeds": list(arguments.seeds[:2]),
                      "test_seed": arguments.seeds[2], "learning_rate": arguments.learning_rate,
                      "rehearse_corpus_scans": arguments.rehearse, "threads": arguments.threads,
+                     "track_epochs": arguments.track_epochs,
                      "width": 1 if initial is None else initial.config.n_filters_scale,
                      "initial_model": None if arguments.initial_model is None else arguments.initial_model.name},
         "machine": f"{platform.processor() or platform.machine()}, {arguments.threads} torch threads",

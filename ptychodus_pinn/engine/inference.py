@@ -59,6 +59,10 @@ class Reconstruction:
     # in radians, amplitude in object units; inf where no probe reached, None if not computed
     phase_std_rad: np.ndarray | None = None
     amplitude_std: np.ndarray | None = None
+    # when two models' objects competed (``reconstruct_stages``' ``alternative``): each one's Poisson NLL per
+    # pattern under this scan's counts, by name ("the model in use" and the alternative's); the lower one made
+    # ``network_object``
+    network_choice: dict[str, float] | None = None
 
 
 def confidence_for(
@@ -232,6 +236,7 @@ def _refined(scan: Scan, network: Reconstruction | None, result: RefinementResul
         refinement=result,
         phase_std_rad=phase_std,
         amplitude_std=amplitude_std,
+        network_choice=None if network is None else network.network_choice,
     )
 
 
@@ -253,13 +258,16 @@ def reconstruct(
     align_phases: bool = True,
     on_refinement_epoch: Callable[[RefinementReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    alternative: tuple[str, PinnModel] | None = None,
 ) -> Reconstruction:
     """Network, then refinement (``refinement=RefinementConfig()`` by default; ``epochs=0`` skips it):
     :func:`reconstruct_stages` driven to its result, with its rules (a flat start without a model; the
-    network's object when refinement fails or is stopped right after the network)."""
+    network's object when refinement fails or is stopped right after the network; ``alternative``'s object
+    competing with the model's by the scan's likelihood)."""
     for event in reconstruct_stages(
-        model, scan, execution=execution, refinement=refinement, align_phases=align_phases, should_stop=should_stop
-    ):
+        model, scan, execution=execution, refinement=refinement, align_phases=align_phases, should_stop=should_stop,
+        alternative=alternative,
+    ):  # fmt: skip
         if isinstance(event, RefinementEpoch) and on_refinement_epoch is not None:
             on_refinement_epoch(event.report)
         elif isinstance(event, FinalResult):
@@ -299,6 +307,7 @@ class FinalResult:
 
 StageEvent = NetworkStage | RefinementEpoch | FinalResult
 REFINEMENT_LOG_FRACTION = 0.1  # refinement's progress is logged every 10 % of its epochs
+MODEL_IN_USE = "the model in use"
 
 
 def network_object(
@@ -324,6 +333,49 @@ def network_object(
             release_device_memory(model)  # nn.Module.to moves it in place
 
 
+def likelier_network(
+    network: Reconstruction,
+    alternative: tuple[str, PinnModel],
+    scan: Scan,
+    *,
+    execution: ExecutionConfig | None = None,
+    devices: DeviceSpec | None = None,
+    align_phases: bool = True,
+    confidence: bool = True,
+) -> Reconstruction:
+    """``network`` (the model in use's object) or the ``alternative`` model's object on the same scan, whichever
+    the scan's own counts find likelier (each scaled as refinement's starts are: ``refinement.scaled_start``).
+
+    Why: a model trained on a few scans can be a worse start than the shipped one on the next scan (measured on
+    natural images: docs/quality.md), and no validation split of its training scans shows that; the new scan's
+    likelihood does, and ranked the networks' objects as their phase SSIM did (``training_targets_bench.py
+    --track-epochs``). Costs the alternative's forward pass and two likelihood passes.
+    """
+    name, model = alternative
+    started = time.perf_counter()
+    devices = devices or device_spec(execution or ExecutionConfig())
+    other = network_object(model, scan, execution=execution, align_phases=align_phases, devices=devices, confidence=confidence)
+    problem = refinement_steps.RefinementProblem(scan, network.object, devices.torch_device)
+    scores = {
+        MODEL_IN_USE: refinement_steps.scaled_start(problem, network.object)[1],
+        name: refinement_steps.scaled_start(problem, other.object)[1],
+    }
+    del problem
+    release_cached_memory(devices.torch_device)
+    chosen = other if scores[name] < scores[MODEL_IN_USE] else network  # NaN keeps the model in use
+    logger.info(
+        "Network: %s's object fits this scan %s (Poisson NLL per pattern %.5f against %.5f for %s's): %s",
+        name,
+        "better" if chosen is other else "no better",
+        scores[name],
+        scores[MODEL_IN_USE],
+        MODEL_IN_USE,
+        f"using {name}'s" if chosen is other else f"keeping {MODEL_IN_USE}'s",
+    )
+    seconds = network.seconds + time.perf_counter() - started  # both networks and the choice
+    return dataclasses.replace(chosen, seconds=seconds, network_seconds=seconds, network_choice=scores)
+
+
 def reconstruct_stages(
     model: PinnModel | None,
     scan: Scan,
@@ -332,6 +384,7 @@ def reconstruct_stages(
     refinement: RefinementConfig | None = None,
     align_phases: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    alternative: tuple[str, PinnModel] | None = None,
 ) -> Iterator[StageEvent]:
     """Network, then refinement, as events: :class:`NetworkStage`, a :class:`RefinementEpoch` per epoch, and
     always a :class:`FinalResult` last (the only event when refinement is off).
@@ -342,6 +395,10 @@ def reconstruct_stages(
     between mini-batches) ends the run with the state reached; if refinement fails (e.g. out of GPU
     memory) the network's object is the result. Both stages run on the one device the execution maps
     to, checked before either starts; the model is left on the CPU, in its training state.
+
+    ``alternative`` (name, model): with start ``auto``, that model's object competes with the model in use's
+    by the scan's likelihood (:func:`likelier_network`); the plugin passes the shipped model when another one
+    is in use. Start ``network`` uses the model in use's object, whatever fits better.
     """
     refinement = RefinementConfig() if refinement is None else refinement
     if model is None and refinement.epochs == 0:
@@ -357,6 +414,11 @@ def reconstruct_stages(
         network = network_object(
             model, scan, execution=execution, align_phases=align_phases, devices=devices, confidence=refinement.epochs == 0
         )
+        if alternative is not None and refinement.start is RefinementStart.AUTO:
+            network = likelier_network(
+                network, alternative, scan, execution=execution, devices=devices, align_phases=align_phases,
+                confidence=refinement.epochs == 0,
+            )  # fmt: skip
         logger.info("Network: %d patterns in %.2f s (%.0f patterns/s)", scan.count, network.seconds, network.patterns_per_second)
         if refinement.epochs == 0:
             logger.info("Refinement is off (refinement epochs 0): the network's object is the result")

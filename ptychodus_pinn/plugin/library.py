@@ -216,6 +216,7 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
         self.is_developer_mode_enabled = is_developer_mode_enabled
         self._task_monitor: Any | None = None
         self._view_attached = False
+        self._shipped_models: dict[int, Any | None] = {}  # by N, loaded once (engine.persistence.find_pretrained)
         self._reconstructors: list[Reconstructor] = [
             SelfSupervisedReconstructor(self, RECONSTRUCT_NAME, TrainingMode.PINN),
             TrainInferReconstructor(self, TRAIN_INFER_NAME, TrainingMode.PINN),
@@ -309,6 +310,21 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
             logger.info("The loaded model expects N=%d patterns, the scan has N=%d: not using it", model.config.N, size_px)
             return None, ""
         return model, self.model_slot.source
+
+    def shipped_alternative(self, model: Any | None, size_px: int) -> tuple[str, Any] | None:
+        """(name, the shipped model for N = size_px) to compete with ``model``, another model (trained or loaded), by
+        the scan's likelihood (``engine.inference.likelier_network``: a model trained on other specimens can be the
+        worse start); None when ``model`` is the shipped one, none ships for N, or there is no model."""
+        from ptychodus_pinn.engine.persistence import find_pretrained
+
+        if model is None or size_px != model.config.N:
+            return None
+        if model is self.model_slot.get() and self.model_slot.source == SHIPPED_MODEL_SOURCE:
+            return None
+        if size_px not in self._shipped_models:
+            self._shipped_models[size_px] = find_pretrained(size_px)
+        shipped = self._shipped_models[size_px]
+        return None if shipped is None else (SHIPPED_MODEL_SOURCE, shipped)
 
     def model_for(self, scan: Any, *, loaded_first: bool = False) -> Any | None:
         """The network a reconstruction of ``scan`` uses (logged): :meth:`initial_model_for` (with ``loaded_first``
@@ -465,8 +481,9 @@ class _PinnReconstructor:
             return ReconstructOutput(product, progress=progress)
 
         execution, refinement = config.execution, config.refinement
+        alternative = library.shipped_alternative(model, scan.size_px)
         for event in reconstruct_stages(
-            model, scan, execution=execution, refinement=refinement, should_stop=library.stop_requested
+            model, scan, execution=execution, refinement=refinement, should_stop=library.stop_requested, alternative=alternative
         ):
             if isinstance(event, FinalResult):
                 result = event.reconstruction

@@ -274,8 +274,6 @@ class StreamingWorkflow(FileBasedWorkflow):
 
     def _model_for(self, job: StreamJob, size_px: int) -> tuple[Any | None, str]:
         """(model, how the log names it): the loaded model if its N fits, else the shipped one, else None."""
-        from ptychodus_pinn.engine.persistence import find_pretrained
-
         model = job.model
         if model is not None:
             if int(model.config.N) == size_px:
@@ -284,10 +282,16 @@ class StreamingWorkflow(FileBasedWorkflow):
                     self._model_copy = (model, copy.deepcopy(model))
                 return self._model_copy[1], job.model_source
             logger.info("Streaming: the loaded model expects N=%d patterns, %s has N=%d", model.config.N, job.source, size_px)
+        pretrained = self._shipped(size_px)
+        return (pretrained, SHIPPED_MODEL_SOURCE) if pretrained is not None else (None, FLAT_START_SOURCE)
+
+    def _shipped(self, size_px: int) -> Any | None:
+        """The shipped model for N = size_px (loaded once), or None."""
+        from ptychodus_pinn.engine.persistence import find_pretrained
+
         if size_px not in self._pretrained:
             self._pretrained[size_px] = find_pretrained(size_px)
-        pretrained = self._pretrained[size_px]
-        return (pretrained, SHIPPED_MODEL_SOURCE) if pretrained is not None else (None, FLAT_START_SOURCE)
+        return self._pretrained[size_px]
 
     def _reconstruct(self, job: StreamJob) -> None:
         from ptychodus.api.product import LossValue
@@ -310,6 +314,10 @@ class StreamingWorkflow(FileBasedWorkflow):
             model, source = None, FLAT_BY_SETTING_SOURCE
         if model is None and config.refinement.epochs == 0:
             raise UnusableScanError(f"no network model for N={scan.size_px} and refinement is off (Refinement Epochs 0)")
+        alternative = None
+        if model is not None and source != SHIPPED_MODEL_SOURCE:  # the loaded model: the shipped one competes
+            shipped = self._shipped(scan.size_px)
+            alternative = None if shipped is None else (SHIPPED_MODEL_SOURCE, shipped)
         try:
             result = reconstruct(
                 model,
@@ -317,6 +325,7 @@ class StreamingWorkflow(FileBasedWorkflow):
                 execution=config.execution,
                 refinement=config.refinement,
                 should_stop=self._stopping.is_set,
+                alternative=alternative,
             )
         finally:
             release_device_memory(model)

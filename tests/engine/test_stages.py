@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -71,3 +72,52 @@ def test_a_refinement_failure_leaves_the_network_object(
     assert "Refinement failed (RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB)" in caplog.text
     with pytest.raises(RuntimeError, match="out of memory"):  # nothing to fall back to without a network
         reconstruct(None, small_scan, execution=CPU)
+
+
+def test_the_alternative_models_object_competes_by_the_scans_likelihood(caplog: pytest.LogCaptureFixture) -> None:
+    """With start auto the likelier of two networks' objects is the network stage's (and refinement's start);
+    start network keeps the model in use's. The shipped N = 64 model against one with untrained weights."""
+    from ptychodus_pinn.engine.config import RefinementStart
+    from ptychodus_pinn.engine.inference import MODEL_IN_USE
+    from ptychodus_pinn.engine.network import PinnGenerator
+    from ptychodus_pinn.engine.persistence import find_pretrained
+    from ptychodus_pinn.engine.simulate import simulate_scan
+
+    caplog.set_level(logging.INFO, logger="ptychodus_pinn")
+    scan = simulate_scan("siemens", photons=1e5, n_positions=144, N=64, seed=5)
+    shipped = find_pretrained(64)
+    assert shipped is not None
+    untrained = copy.deepcopy(shipped)  # its weights as initialised: a flat object
+    untrained.generator.load_state_dict(PinnGenerator(shipped.config).state_dict())
+    off = RefinementConfig(epochs=0)
+    shipped_alone = list(reconstruct_stages(shipped, scan, execution=CPU, refinement=off))[-1].reconstruction
+    untrained_alone = list(reconstruct_stages(untrained, scan, execution=CPU, refinement=off))[-1].reconstruction
+    assert shipped_alone.network_choice is None
+
+    chosen = list(reconstruct_stages(untrained, scan, execution=CPU, refinement=off, alternative=("the shipped model", shipped)))
+    result = chosen[-1].reconstruction
+    assert result.network_choice is not None and set(result.network_choice) == {MODEL_IN_USE, "the shipped model"}
+    assert result.network_choice["the shipped model"] < result.network_choice[MODEL_IN_USE]
+    assert np.array_equal(result.object, shipped_alone.object) and result.phase_std_rad is not None
+    assert "Network: the shipped model's object fits this scan better" in caplog.text
+
+    kept = list(reconstruct_stages(shipped, scan, execution=CPU, refinement=off, alternative=("an untrained model", untrained)))
+    assert np.array_equal(kept[-1].reconstruction.object, shipped_alone.object)
+    assert "keeping the model in use's" in caplog.text
+
+    forced = RefinementConfig(epochs=0, start=RefinementStart.NETWORK)
+    as_asked = list(reconstruct_stages(untrained, scan, execution=CPU, refinement=forced, alternative=("shipped", shipped)))
+    assert np.array_equal(as_asked[-1].reconstruction.object, untrained_alone.object)
+    assert as_asked[-1].reconstruction.network_choice is None
+
+    # with refinement on, the choice goes with the result and refinement starts from the chosen object
+    refined = list(
+        reconstruct_stages(
+            untrained, scan, execution=CPU, refinement=RefinementConfig(epochs=1, half_resolution_epochs=0),
+            alternative=("the shipped model", shipped),
+        )
+    )  # fmt: skip
+    assert np.array_equal(refined[0].reconstruction.object, shipped_alone.object)
+    final = refined[-1].reconstruction
+    assert final.network_choice == result.network_choice and final.refinement is not None
+    assert final.refinement.start is RefinementStart.NETWORK

@@ -56,7 +56,7 @@ from ptychodus_pinn.engine.config import (  # noqa: E402
     TrainingMode,
 )
 from ptychodus_pinn.engine.data import Scan, atomic_write  # noqa: E402
-from ptychodus_pinn.engine.inference import reconstruct_network  # noqa: E402
+from ptychodus_pinn.engine.inference import likelier_network, reconstruct_network  # noqa: E402
 from ptychodus_pinn.engine.metrics import compare  # noqa: E402
 from ptychodus_pinn.engine.persistence import load_model  # noqa: E402
 from ptychodus_pinn.engine.refinement import RefinementProblem, refine, scaled_start  # noqa: E402
@@ -166,6 +166,14 @@ def run_kind(
             }
             if tracked:
                 row[key]["per_epoch"] = tracked
+            if start is not None:  # what Infer shows: the trained model's object or the shipped one's, by likelihood
+                chosen = likelier_network(reconstruct_network(model, test), ("shipped", start), test)
+                assert chosen.network_choice is not None
+                row[key]["shipped_competing"] = {
+                    "held_out_phase_ssim": float(compare(chosen.object, test.ground_truth, chosen.illuminated).phase_ssim),
+                    "chosen": min(chosen.network_choice, key=chosen.network_choice.__getitem__),
+                    "nll": chosen.network_choice,
+                }
             if distillation:
                 row[key]["distillation"] = distillation
             print(
@@ -214,6 +222,10 @@ def markdown(results: dict[str, Any]) -> str:
             cell = f"{entry['held_out_phase_ssim']:.3f}"
             if "train_scan_phase_ssim" in entry:
                 cell += f" (train scan {entry['train_scan_phase_ssim']:.3f})"
+            if "shipped_competing" in entry:
+                competing = entry["shipped_competing"]
+                chosen = "shipped" if competing["chosen"] == "shipped" else "trained"
+                cell += f"; Infer, shipped competing: {competing['held_out_phase_ssim']:.3f} ({chosen})"
             cells.append(cell)
         lines.append(
             f"| {row['kind']} ({row['path']}) | " + " | ".join(cells) + f" | {row['refinement_from_flat_phase_ssim']:.3f} |"

@@ -616,7 +616,8 @@ class RefinementConfig:
     start: RefinementStart = field(default=RefinementStart.AUTO, metadata=knob(
         "Start",
         "Where refinement starts: auto = the network's object or a flat one, whichever fits the data better at the "
-        "start; network forces the network's; flat skips the network (its object cannot change the result).",
+        "start (in ptychodus, with another model in use, the shipped model's object competes too); network forces the "
+        "network's (the model in use's); flat skips the network (its object cannot change the result).",
         cli="--refine-start"))
     # 0.8 (was 0.5): equal or better on all 16 measured cells (five kinds at 10⁵, two at 10⁴, lines at 10⁶
     # photons; network and flat starts; +0.001 to +0.013 phase SSIM), 2026-12-06

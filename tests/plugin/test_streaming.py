@@ -323,3 +323,34 @@ def test_registration_is_idempotent_and_never_raises(model_core: Any, caplog: py
     with caplog.at_level(logging.ERROR):
         assert streaming.register_streaming_workflow(object()) is None
     assert "could not be registered" in caplog.text
+
+
+def test_a_loaded_model_competes_with_the_shipped_one(
+    model_core: Any, library: Any, workflow: StreamingWorkflow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streamed scans weigh a loaded model's object against the shipped model's (by the scan's likelihood, in the
+    engine); with the shipped model in use there is nothing to weigh."""
+    import copy
+
+    import ptychodus_pinn.engine.inference as inference
+    from ptychodus_pinn.engine.persistence import find_pretrained
+    from ptychodus_pinn.plugin.streaming import SHIPPED_MODEL_SOURCE
+
+    real = inference.reconstruct
+    alternatives: list[Any] = []
+
+    def recording(model: Any, *args: Any, **kwargs: Any) -> Any:
+        alternatives.append(kwargs.get("alternative"))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "reconstruct", recording)
+    shipped = find_pretrained(64)
+    assert shipped is not None
+    for name, loaded in (("shipped in use", None), ("loaded", copy.deepcopy(shipped))):
+        library.model_slot.set(loaded, "a test model (N=64)")
+        path = write_workflow_directory(tmp_path / name.replace(" ", "-"), scan_for(seed=13, size_px=64), name)
+        workflow.execute(model_core.workflow_api, path)
+        assert workflow.wait_idle(timeout=120)
+        assert (path.parent / OUTPUT_NAME).exists()
+    assert alternatives[0] is None
+    assert alternatives[1] is not None and alternatives[1][0] == SHIPPED_MODEL_SOURCE and alternatives[1][1].config.N == 64

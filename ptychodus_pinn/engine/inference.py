@@ -415,10 +415,20 @@ def reconstruct_stages(
             model, scan, execution=execution, align_phases=align_phases, devices=devices, confidence=refinement.epochs == 0
         )
         if alternative is not None and refinement.start is RefinementStart.AUTO:
-            network = likelier_network(
-                network, alternative, scan, execution=execution, devices=devices, align_phases=align_phases,
-                confidence=refinement.epochs == 0,
-            )  # fmt: skip
+            try:
+                network = likelier_network(
+                    network, alternative, scan, execution=execution, devices=devices, align_phases=align_phases,
+                    confidence=refinement.epochs == 0,
+                )  # fmt: skip
+            except Exception as error:  # only a second opinion: its failure (out of memory, say) must not cost the run
+                first_line = (str(error).strip().splitlines() or [""])[0]
+                logger.warning(
+                    "Network: %s's object could not be weighed against the model in use's (%s: %s); keeping the model in use's",
+                    alternative[0],
+                    type(error).__name__,
+                    first_line,
+                )
+                release_cached_memory(devices.torch_device)
         logger.info("Network: %d patterns in %.2f s (%.0f patterns/s)", scan.count, network.seconds, network.patterns_per_second)
         if refinement.epochs == 0:
             logger.info("Refinement is off (refinement epochs 0): the network's object is the result")

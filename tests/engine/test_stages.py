@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from typing import Any
 
@@ -109,6 +110,15 @@ def test_the_alternative_models_object_competes_by_the_scans_likelihood(caplog: 
     as_asked = list(reconstruct_stages(untrained, scan, execution=CPU, refinement=forced, alternative=("shipped", shipped)))
     assert np.array_equal(as_asked[-1].reconstruction.object, untrained_alone.object)
     assert as_asked[-1].reconstruction.network_choice is None
+
+    # a failing alternative (here: a model for N = 32 patterns) leaves the model in use's object, with a warning
+    small = find_pretrained(64)
+    assert small is not None
+    small.config = dataclasses.replace(small.config, N=32)
+    failed = list(reconstruct_stages(shipped, scan, execution=CPU, refinement=off, alternative=("a model for N=32", small)))
+    assert np.array_equal(failed[-1].reconstruction.object, shipped_alone.object)
+    assert failed[-1].reconstruction.network_choice is None
+    assert "a model for N=32's object could not be weighed against the model in use's (ScanError" in caplog.text
 
     # with refinement on, the choice goes with the result and refinement starts from the chosen object
     refined = list(

@@ -12,14 +12,15 @@
 #
 # Knobs (environment): WIDTH (4), SIZE (64), SCANS (25: the broad corpus's scans), STAGE1_EPOCHS (40),
 # STAGE2_EPOCHS (30), ACCELERATOR (gpu), PRECISION (32), PYTHON (python3), QUICK (unset).
-# Writes under $OUT (else benchmarks/results/): the two models, gpu-pretrain-nSIZE-wWIDTH.{json,md}
-# and gpu_pretrain.log. Needs torch, lightning, scipy, scikit-image, h5py (all on the lent machines);
+# Writes under $OUT (else build/gpu-pretrain/, which git ignores, so no model lands in benchmarks/results
+# by accident): the two models, gpu-pretrain-nSIZE-wWIDTH.{json,md} and gpu_pretrain.log; a rerun replaces
+# them. Copy the .json/.md into benchmarks/results/ to commit them. Needs torch, lightning, scipy, scikit-image, h5py (all on the lent machines);
 # the repository is put on PYTHONPATH, so nothing is installed.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
-OUT_DIR="${OUT:-$REPO/benchmarks/results}"
+OUT_DIR="${OUT:-$REPO/build/gpu-pretrain}"
 WIDTH="${WIDTH:-4}"
 SIZE="${SIZE:-64}"
 SCANS="${SCANS:-25}"

@@ -398,7 +398,8 @@ def reconstruct_stages(
 
     ``alternative`` (name, model): with start ``auto``, that model's object competes with the model in use's
     by the scan's likelihood (:func:`likelier_network`); the plugin passes the shipped model when another one
-    is in use. Start ``network`` uses the model in use's object, whatever fits better.
+    is in use. Start ``network`` uses the model in use's object, whatever fits better; an alternative with the
+    model in use's very weights (the shipped model loaded from its file) is not run.
     """
     refinement = RefinementConfig() if refinement is None else refinement
     if model is None and refinement.epochs == 0:
@@ -414,7 +415,7 @@ def reconstruct_stages(
         network = network_object(
             model, scan, execution=execution, align_phases=align_phases, devices=devices, confidence=refinement.epochs == 0
         )
-        if alternative is not None and refinement.start is RefinementStart.AUTO:
+        if alternative is not None and refinement.start is RefinementStart.AUTO and not model.has_generator_of(alternative[1]):
             try:
                 network = likelier_network(
                     network, alternative, scan, execution=execution, devices=devices, align_phases=align_phases,

@@ -89,6 +89,16 @@ class PinnModel(nn.Module):
     def predict_patches(self, network_input: torch.Tensor) -> torch.Tensor:
         return self.generator(network_input)
 
+    def has_generator_of(self, other: PinnModel) -> bool:
+        """Whether ``other``'s network computes what this one does (same architecture, equal weights): e.g. the
+        shipped model loaded from its file by hand, which need not be weighed against the shipped one."""
+        mine, theirs = self.generator.state_dict(), other.generator.state_dict()
+        return (
+            self.config.N == other.config.N
+            and mine.keys() == theirs.keys()
+            and all(mine[name].shape == theirs[name].shape and torch.equal(mine[name].cpu(), theirs[name].cpu()) for name in mine)
+        )
+
     def expected_counts(
         self, patches: torch.Tensor, intensity_scale: torch.Tensor | float, probe: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -111,6 +111,12 @@ def test_the_alternative_models_object_competes_by_the_scans_likelihood(caplog: 
     assert np.array_equal(as_asked[-1].reconstruction.object, untrained_alone.object)
     assert as_asked[-1].reconstruction.network_choice is None
 
+    # the same weights (the shipped model loaded by hand, here a copy): not run, nothing to weigh
+    caplog.clear()
+    same = list(reconstruct_stages(shipped, scan, execution=CPU, refinement=off, alternative=("a copy", copy.deepcopy(shipped))))
+    assert same[-1].reconstruction.network_choice is None and "a copy's object" not in caplog.text
+    assert shipped.has_generator_of(copy.deepcopy(shipped)) and not shipped.has_generator_of(untrained)
+
     # a failing alternative (here: a model for N = 32 patterns) leaves the model in use's object, with a warning
     small = find_pretrained(64)
     assert small is not None

@@ -366,7 +366,7 @@ def check_infer_outputs(out: Path, inputs: dict[Path, str]) -> None:
 
 
 def command_infer(arguments: argparse.Namespace) -> int:
-    from ptychodus_pinn.app.infer import model_path_for, write_infer_outputs
+    from ptychodus_pinn.app.infer import model_path_for, shipped_alternative, write_infer_outputs
     from ptychodus_pinn.engine.data import load_scan
     from ptychodus_pinn.engine.inference import reconstruct
     from ptychodus_pinn.engine.persistence import load_model
@@ -380,7 +380,8 @@ def command_infer(arguments: argparse.Namespace) -> int:
     model_path = model_path_for(scan.size_px, model_path, refinement)
     model = None if model_path is None else load_model(model_path)
     execution = execution_config_from(arguments)
-    reconstruction = reconstruct(model, scan, execution=execution, refinement=refinement)
+    alternative = shipped_alternative(model_path, scan.size_px, refinement, load_model)
+    reconstruction = reconstruct(model, scan, execution=execution, refinement=refinement, alternative=alternative)
     print(write_infer_outputs(reconstruction, scan, Path(arguments.out), model_path))
     return 0
 

@@ -3,6 +3,7 @@ which model to use, and the files written into the output folder."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,23 @@ def model_path_for(size_px: int, model_path: Path | None, refinement: Refinement
     if shipped is None and refinement.epochs == 0:
         raise NoModelError(f"no model ships for N={size_px}: give --model, or refine a flat object (--refine-epochs > 0)")
     return shipped
+
+
+def shipped_alternative(
+    model_path: Path | None, size_px: int, refinement: RefinementConfig, load: Callable[[Path], Any]
+) -> tuple[str, Any] | None:
+    """(name, the shipped model for N = size_px, loaded with ``load``) to weigh against a model given by file, as
+    ptychodus does (``engine.inference.likelier_network``); None without a given model, with a refinement start
+    other than auto, when none ships for N, or when the given file is the shipped one."""
+    from ptychodus_pinn.engine.config import SHIPPED_MODEL_NAME, RefinementStart
+    from ptychodus_pinn.engine.persistence import pretrained_path
+
+    shipped = pretrained_path(size_px)
+    if model_path is None or shipped is None or refinement.start is not RefinementStart.AUTO:
+        return None
+    if Path(model_path).resolve() == shipped.resolve():
+        return None
+    return SHIPPED_MODEL_NAME, load(shipped)
 
 
 def write_infer_outputs(reconstruction: Any, scan: Any, out: Path, model_path: Path | None) -> str:

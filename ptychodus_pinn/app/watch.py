@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptychodus_pinn.app.infer import SCAN_SUFFIXES, model_path_for, write_infer_outputs
+from ptychodus_pinn.app.infer import SCAN_SUFFIXES, model_path_for, shipped_alternative, write_infer_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,10 @@ class ScanReconstructor:
         check_infer_outputs(folder, inputs)
         scan = load_scan(path, self.read_options)
         model_path = model_path_for(scan.size_px, self.model_path, self.refinement) if self.use_network else None
-        reconstruction = reconstruct(self._model(model_path), scan, execution=self.execution, refinement=self.refinement)
+        alternative = shipped_alternative(model_path, scan.size_px, self.refinement, self._model)
+        reconstruction = reconstruct(
+            self._model(model_path), scan, execution=self.execution, refinement=self.refinement, alternative=alternative
+        )
         write_infer_outputs(reconstruction, scan, folder, model_path)
         seconds = time.perf_counter() - started
         return f"{path.name}: {scan.count} patterns, {seconds:.1f} s, wrote {folder}"

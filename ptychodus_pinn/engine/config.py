@@ -25,6 +25,7 @@ from enum import StrEnum
 from types import UnionType
 from typing import Any
 
+SHIPPED_MODEL_NAME = "the shipped pretrained model"  # how logs name it, wherever it runs
 SUPPORTED_PATTERN_SIZES_PX: tuple[int, ...] = (32, 64, 128, 256)
 # upper limits: far beyond any real run, low enough that a typo (an extra zero, 1e29) is refused up front
 # refinement's half-resolution stage runs for N ≥ 32 (at N = 32 its 16-px half is level with full-resolution epochs of
@@ -616,8 +617,8 @@ class RefinementConfig:
     start: RefinementStart = field(default=RefinementStart.AUTO, metadata=knob(
         "Start",
         "Where refinement starts: auto = the network's object or a flat one, whichever fits the data better at the "
-        "start (in ptychodus, with another model in use, the shipped model's object competes too); network forces the "
-        "network's (the model in use's); flat skips the network (its object cannot change the result).",
+        "start (with a model other than the shipped one in use, the shipped model's object competes too); network "
+        "forces the network's (the model in use's); flat skips the network (its object cannot change the result).",
         cli="--refine-start"))
     # 0.8 (was 0.5): equal or better on all 16 measured cells (five kinds at 10⁵, two at 10⁴, lines at 10⁶
     # photons; network and flat starts; +0.001 to +0.013 phase SSIM), 2026-12-06

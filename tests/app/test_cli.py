@@ -288,3 +288,50 @@ def test_gui_passes_ptychodus_options_as_they_are(ptychodus_args, monkeypatch):
         started.clear()
         assert main(argv) == 0
         assert started[0][1:3] == ["-m", "ptychodus_pinn.qt"] and started[0][3:] == ptychodus_args
+
+
+def test_infer_and_watch_weigh_a_given_model_against_the_shipped_one(tmp_path, caplog):
+    """As in ptychodus: a model given by file competes with the shipped one for the scan's N by the scan's
+    likelihood (start auto only; the shipped file itself, or no shipped model for N, costs nothing)."""
+    import logging
+
+    import torch
+
+    from ptychodus_pinn.app.infer import shipped_alternative
+    from ptychodus_pinn.engine.config import SHIPPED_MODEL_NAME, RefinementConfig, RefinementStart
+    from ptychodus_pinn.engine.data import save_scan
+    from ptychodus_pinn.engine.persistence import load_model, pretrained_path, save_model
+    from ptychodus_pinn.engine.simulate import simulate_scan
+
+    shipped_path = pretrained_path(64)
+    assert shipped_path is not None
+    weaker = load_model(shipped_path)
+    with torch.no_grad():
+        weaker.generator.phase_head.weight.mul_(0.3)  # a different model: its phases a third as deep
+    given = save_model(weaker, tmp_path / "weaker.pinn.pt")
+    auto = RefinementConfig()
+    assert shipped_alternative(None, 64, auto, load_model) is None
+    assert shipped_alternative(shipped_path, 64, auto, load_model) is None
+    assert shipped_alternative(given, 32, auto, load_model) is None  # none ships for N = 32
+    assert shipped_alternative(given, 64, RefinementConfig(start=RefinementStart.NETWORK), load_model) is None
+    name, alternative = shipped_alternative(given, 64, auto, load_model)
+    assert name == SHIPPED_MODEL_NAME and alternative.config.N == 64
+
+    scan = tmp_path / "scan64.npz"
+    save_scan(simulate_scan("siemens", photons=1e5, n_positions=144, N=64, seed=7), scan)
+    common = ["--accelerator", "cpu", "--refine-epochs", "0"]
+    with caplog.at_level(logging.INFO, logger="ptychodus_pinn"):
+        assert main(["infer", "--model", str(given), "--data", str(scan), "--out", str(tmp_path / "o"), *common]) == 0
+    assert f"Network: {SHIPPED_MODEL_NAME}'s object fits this scan better" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ptychodus_pinn"):
+        assert main(["infer", "--data", str(scan), "--out", str(tmp_path / "p"), *common]) == 0  # the shipped model
+    assert "object fits this scan" not in caplog.text
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    scan.rename(folder / scan.name)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ptychodus_pinn"):
+        assert main(["watch", str(folder), "--model", str(given), "--out", str(tmp_path / "w"), "--once", *common]) == 0
+    assert f"Network: {SHIPPED_MODEL_NAME}'s object fits this scan better" in caplog.text
+    assert (tmp_path / "w" / "scan64" / "object.npz").exists()

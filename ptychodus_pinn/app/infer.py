@@ -3,11 +3,14 @@ which model to use, and the files written into the output folder."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ptychodus_pinn.engine.config import RefinementConfig
+
+logger = logging.getLogger(__name__)
 
 # the files infer writes into its output folder (each checked before the model runs)
 INFER_OUTPUTS = ("object.npz", "object.png", "confidence.png", "metrics.json")
@@ -45,7 +48,11 @@ def shipped_alternative(
         return None
     if Path(model_path).resolve() == shipped.resolve():
         return None
-    return SHIPPED_MODEL_NAME, load(shipped)
+    try:
+        return SHIPPED_MODEL_NAME, load(shipped)
+    except (OSError, ValueError, RuntimeError) as error:  # only a second opinion: the given model still runs
+        logger.warning("%s is unusable (%s: %s); using the given model alone", SHIPPED_MODEL_NAME, type(error).__name__, error)
+        return None
 
 
 def write_infer_outputs(reconstruction: Any, scan: Any, out: Path, model_path: Path | None) -> str:

@@ -317,6 +317,13 @@ def test_infer_and_watch_weigh_a_given_model_against_the_shipped_one(tmp_path, c
     name, alternative = shipped_alternative(given, 64, auto, load_model)
     assert name == SHIPPED_MODEL_NAME and alternative.config.N == 64
 
+    def broken(path):
+        raise ValueError(f"{path}: the model file is damaged")
+
+    with caplog.at_level(logging.WARNING, logger="ptychodus_pinn"):
+        assert shipped_alternative(given, 64, auto, broken) is None  # the given model runs alone
+    assert "the shipped pretrained model is unusable (ValueError" in caplog.text
+
     scan = tmp_path / "scan64.npz"
     save_scan(simulate_scan("siemens", photons=1e5, n_positions=144, N=64, seed=7), scan)
     common = ["--accelerator", "cpu", "--refine-epochs", "0"]

@@ -68,9 +68,12 @@ TARGETS = ("pinn", "distil")
 TRAIN_SEEDS, TEST_SEED = (101, 102), 103
 
 
+def phase_ssim_of(reconstruction: Any, scan: Scan) -> float:
+    return float(compare(reconstruction.object, scan.ground_truth, reconstruction.illuminated).phase_ssim)
+
+
 def network_phase_ssim(model: Any, scan: Scan) -> float:
-    network = reconstruct_network(model, scan)
-    return float(compare(network.object, scan.ground_truth, network.illuminated).phase_ssim)
+    return phase_ssim_of(reconstruct_network(model, scan), scan)
 
 
 def train_with(
@@ -147,7 +150,7 @@ def run_kind(
                 network = reconstruct_network(report.model, test)
                 tracked.append({
                     "epoch": report.epoch, "train_loss": report.train_loss, "val_loss": report.val_loss,
-                    "held_out_phase_ssim": float(compare(network.object, test.ground_truth, network.illuminated).phase_ssim),
+                    "held_out_phase_ssim": phase_ssim_of(network, test),
                     # the held-out scan's own counts: the likelihood start "auto" ranks network objects by
                     "held_out_object_nll": scaled_start(test_problem, network.object)[1],
                     "train_scan_phase_ssim": network_phase_ssim(report.model, train_scans[0]),
@@ -158,8 +161,9 @@ def run_kind(
                 target, train_scans, epochs, N, refresh, start, weight, learning_rate, track if track_epochs else None
             )
             key = target + suffix
+            held_out = reconstruct_network(model, test)  # scored here and, below, weighed against the shipped one's
             row[key] = {
-                "held_out_phase_ssim": network_phase_ssim(model, test),
+                "held_out_phase_ssim": phase_ssim_of(held_out, test),
                 "train_scan_phase_ssim": network_phase_ssim(model, train_scans[0]),
                 "train_s": seconds,
                 "best_epoch": distillation.pop("best_epoch"),
@@ -167,10 +171,10 @@ def run_kind(
             if tracked:
                 row[key]["per_epoch"] = tracked
             if start is not None:  # what Infer shows: the trained model's object or the shipped one's, by likelihood
-                chosen = likelier_network(reconstruct_network(model, test), ("shipped", start), test)
+                chosen = likelier_network(held_out, ("shipped", start), test)
                 assert chosen.network_choice is not None
                 row[key]["shipped_competing"] = {
-                    "held_out_phase_ssim": float(compare(chosen.object, test.ground_truth, chosen.illuminated).phase_ssim),
+                    "held_out_phase_ssim": phase_ssim_of(chosen, test),
                     "chosen": min(chosen.network_choice, key=chosen.network_choice.__getitem__),
                     "nll": chosen.network_choice,
                 }

@@ -404,9 +404,12 @@ PRETRAIN_DEFAULTS = {"epochs": 40, "learning_rate": 3e-3}
 def command_pretrain(arguments: argparse.Namespace) -> int:
     from ptychodus_pinn.app.outputs import check_output_file, check_outputs_spare_inputs
     from ptychodus_pinn.app.pretrain import run_pretraining
+    from ptychodus_pinn.engine.persistence import pretrained_name
 
     check_pattern_size_flag(arguments.size)
-    out = Path(arguments.out if arguments.out is not None else f"resources/pretrained-n{arguments.size}.pinn.pt")
+    width = config_values(arguments, ModelConfig).get("n_filters_scale")
+    # a wider model's default name is its own (pretrained-nN-wW.pinn.pt): it must never replace the width-1 file
+    out = Path(arguments.out if arguments.out is not None else f"resources/{pretrained_name(arguments.size, width or 1)}")
     check_output_file(out, "--out")
     if arguments.initial_model is not None:  # e.g. fine-tuning the shipped model with the default --out
         check_outputs_spare_inputs({out: "--out"}, {Path(arguments.initial_model): "--initial-model"})
@@ -417,7 +420,7 @@ def command_pretrain(arguments: argparse.Namespace) -> int:
         learning_rate=training["learning_rate"], corpus_name=arguments.corpus, count=arguments.scans,
         n_positions=arguments.positions, mode=TrainingMode(arguments.mode),
         initial_model=None if arguments.initial_model is None else Path(arguments.initial_model),
-        width=config_values(arguments, ModelConfig).get("n_filters_scale"),
+        width=width,
     )  # fmt: skip
     return 0
 
@@ -505,7 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
         "patches too",
     )  # fmt: skip
     pretrain.add_argument("--initial-model", default=None, help="fine-tune this saved model instead of random weights")
-    pretrain.add_argument("--out", default=None, help="default: resources/pretrained-nN.pinn.pt, N from --size")
+    pretrain.add_argument(
+        "--out",
+        default=None,
+        help="default: resources/pretrained-nN.pinn.pt, N from --size (pretrained-nN-wW.pinn.pt with --n-filters-scale W > 1)",
+    )
     pretrain.add_argument("--size", type=int, default=64, help="pattern size N in pixels (default 64; models ship for 64, 128)")
     pretrain.add_argument("--scans", type=positive_integer, default=25, help="broad corpus: scans (default 25)")
     pretrain.add_argument("--positions", type=positive_integer, default=400, help="broad corpus: patterns per scan (default 400)")

@@ -166,9 +166,16 @@ def _check_constants(path: Path, record: TrainingRecord) -> None:
         raise ModelFileError(f"{path}: the model file's epochs_trained={record.epochs_trained} is negative; the file is damaged")
 
 
-def pretrained_path(size_px: int) -> Path | None:
-    """The shipped starting model for N = size_px, from the installed package or a source checkout."""
-    name = f"pretrained-n{size_px}{MODEL_SUFFIX}"
+def pretrained_name(size_px: int, width: int = 1) -> str:
+    """File name of the shipped model for N = size_px at network width ``width``: ``pretrained-nN.pinn.pt`` for
+    width 1 (the CPU models every entry uses by default), ``pretrained-nN-wW.pinn.pt`` for a wider one."""
+    return f"pretrained-n{size_px}{'' if width == 1 else f'-w{width}'}{MODEL_SUFFIX}"
+
+
+def pretrained_path(size_px: int, width: int = 1) -> Path | None:
+    """The shipped starting model for N = size_px (and network width ``width``), from the installed package or a
+    source checkout; None when none ships."""
+    name = pretrained_name(size_px, width)
     package_root = Path(__file__).resolve().parents[1]
     for folder in (package_root / "resources", package_root.parent / "resources"):
         if (folder / name).is_file():
@@ -176,25 +183,35 @@ def pretrained_path(size_px: int) -> Path | None:
     return None
 
 
-def load_pretrained(size_px: int) -> PinnModel:
-    """Load the shipped pretrained model for this pattern size (FileNotFoundError if none ships)."""
-    path = pretrained_path(size_px)
+def load_pretrained(size_px: int, width: int = 1) -> PinnModel:
+    """Load the shipped pretrained model for this pattern size and width (FileNotFoundError if none ships)."""
+    path = pretrained_path(size_px, width)
     if path is None:
-        raise FileNotFoundError(f"no pretrained model ships for N={size_px}; train one with 'ptychodus-pinn train'")
-    return load_model(path, expect=ModelConfig(N=size_px))
+        raise FileNotFoundError(
+            f"no pretrained model ships for N={size_px}{'' if width == 1 else f' at width {width}'}; "
+            "train one with 'ptychodus-pinn train'"
+        )
+    return _checked_width(load_model(path, expect=ModelConfig(N=size_px)), path, width)
 
 
-def find_pretrained(size_px: int) -> PinnModel | None:
-    """The shipped pretrained model for N = size_px, or None (logged) when none ships or it is unusable."""
-    path = pretrained_path(size_px)
+def find_pretrained(size_px: int, width: int = 1) -> PinnModel | None:
+    """The shipped pretrained model for N = size_px (and width), or None (logged) when none ships or it is unusable."""
+    path = pretrained_path(size_px, width)
     if path is None:
-        logger.info("No pretrained model ships for N=%d", size_px)
+        logger.info("No pretrained model ships for N=%d%s", size_px, "" if width == 1 else f" at network width {width}")
         return None
     try:
-        return load_model(path, expect=ModelConfig(N=size_px))
+        return _checked_width(load_model(path, expect=ModelConfig(N=size_px)), path, width)
     except (OSError, ValueError, RuntimeError) as error:  # ModelFileError is a ValueError
         logger.warning("The pretrained model for N=%d is unusable (%s: %s)", size_px, type(error).__name__, error)
         return None
+
+
+def _checked_width(model: PinnModel, path: Path, width: int) -> PinnModel:
+    """A shipped file's width is in its name: a file that says otherwise is refused, not used as the other width."""
+    if model.config.n_filters_scale != width:
+        raise ModelFileError(f"{path} holds a network of width {model.config.n_filters_scale}, its name says {width}")
+    return model
 
 
 def model_file_path(path: str | os.PathLike[str], *, folder_basename: str | None = None) -> Path:

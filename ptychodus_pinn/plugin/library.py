@@ -299,12 +299,18 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
         self.model_slot.set(load_model(Path(file_path)), f"loaded from {Path(file_path).name}", file=Path(file_path))
         logger.info("Loaded model %s", self.model_slot.describe())
 
-    def initial_model_for(self, size_px: int) -> tuple[Any | None, str]:
-        """(model, how the log names it): the loaded model, else the shipped pretrained one, if it fits N = size_px."""
-        from ptychodus_pinn.engine.persistence import find_pretrained
+    def initial_model_for(self, size_px: int, width: int = 1) -> tuple[Any | None, str]:
+        """(model, how the log names it): the loaded model, else the shipped pretrained one, if it fits N = size_px.
+
+        ``width``: the settings' network width; where a shipped model of that width exists (N = 64 at width 4, for
+        GPUs: docs/quality.md) training starts from it, else from the width-1 one (and its warm start is skipped,
+        with a log that says which setting to change)."""
+        from ptychodus_pinn.engine.persistence import find_pretrained, pretrained_path
 
         model = self.model_slot.get()
         if model is None:
+            if width != 1 and pretrained_path(size_px, width) is not None:
+                return find_pretrained(size_px, width), f"{SHIPPED_MODEL_SOURCE} of width {width}"
             return find_pretrained(size_px), SHIPPED_MODEL_SOURCE
         if size_px != model.config.N:
             logger.info("The loaded model expects N=%d patterns, the scan has N=%d: not using it", model.config.N, size_px)
@@ -510,7 +516,7 @@ class _PinnReconstructor:
         shipped one, when its architecture fits the settings; (None, "") for training from scratch."""
         if not values["warm_start"]:
             return None, ""
-        initial, source = self._library.initial_model_for(size_px)
+        initial, source = self._library.initial_model_for(size_px, config.model.n_filters_scale)
         changes = architecture_changes(initial.config, config.model) if initial is not None else []
         if changes:
             logger.info(

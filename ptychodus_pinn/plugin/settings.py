@@ -110,7 +110,10 @@ ACCELERATOR_CHOICES: tuple[str, ...] = tuple(accelerator.value for accelerator i
 SHIPPED_MODEL_WIDTH = 1
 # panel defaults that differ from the engine's, and why (said in the tool tip)
 PANEL_DEFAULTS: Mapping[str, tuple[Any, str]] = {
-    "n_filters_scale": (SHIPPED_MODEL_WIDTH, "The default, 1, is the shipped pretrained model's: training can start from it."),
+    "n_filters_scale": (
+        SHIPPED_MODEL_WIDTH,
+        "The default, 1, is the shipped pretrained model's: training can start from it (at N = 64, width 4 can too).",
+    ),
     "logger": (LoggerKind.NONE, "The GUI writes no training log unless asked to."),
     "enable_progress_bar": (False, "Off in the GUI: the terminal ptychodus was started from."),
 }

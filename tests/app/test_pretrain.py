@@ -107,7 +107,9 @@ def test_pretrain_names_its_default_output_after_the_size(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "resources").mkdir()
     assert main(["pretrain", "--size", "128", "--epochs", "1"]) == 0
-    assert [str(path) for path in written] == ["resources/pretrained-n128.pinn.pt"]
+    # a wider model gets its own name: the width-1 file every entry uses by default is never replaced by it
+    assert main(["pretrain", "--size", "64", "--n-filters-scale", "4", "--epochs", "1"]) == 0
+    assert [str(path) for path in written] == ["resources/pretrained-n128.pinn.pt", "resources/pretrained-n64-w4.pinn.pt"]
 
 
 def test_pretrain_fine_tunes_a_model_at_its_own_width(tmp_path, capsys):

@@ -14,7 +14,7 @@ from ptychodus_pinn.engine.data import ScanError, load_training_scans, save_scan
 from ptychodus_pinn.engine.inference import reconstruct_network
 from ptychodus_pinn.engine.metrics import compare
 from ptychodus_pinn.engine.model import warm_start_mismatches
-from ptychodus_pinn.engine.persistence import find_pretrained, model_file_path
+from ptychodus_pinn.engine.persistence import find_pretrained, model_file_path, pretrained_name
 from ptychodus_pinn.engine.simulate import simulate_scan
 
 
@@ -71,6 +71,28 @@ def test_the_shipped_n128_network_sees_objects_it_never_trained_on(kind):
 
 def test_find_pretrained_is_none_for_sizes_without_a_shipped_model():
     assert find_pretrained(32) is None and find_pretrained(256) is None
+
+
+def test_a_width_4_model_ships_for_n64_only():
+    """The GPU-width model (docs/quality.md, "Width 4"): found by its width, the same corpus as the CPU one."""
+    model = find_pretrained(64, 4)
+    assert model is not None
+    assert (model.config.N, model.config.n_filters_scale) == (64, 4)
+    assert model.record.extra["pretrained_on"].startswith("app.pretrain broad-one-probe corpus")
+    assert find_pretrained(128, 4) is None and find_pretrained(64, 2) is None
+    assert pretrained_name(64) == "pretrained-n64.pinn.pt" and pretrained_name(64, 4) == "pretrained-n64-w4.pinn.pt"
+
+
+def test_a_shipped_file_whose_width_disagrees_with_its_name_is_refused(monkeypatch, caplog):
+    from ptychodus_pinn.engine import persistence
+
+    width_1_file = persistence.pretrained_path(64)
+    monkeypatch.setattr(persistence, "pretrained_path", lambda size_px, width=1: width_1_file)
+    with pytest.raises(persistence.ModelFileError, match="holds a network of width 1, its name says 4"):
+        persistence.load_pretrained(64, 4)
+    with caplog.at_level("WARNING"):
+        assert persistence.find_pretrained(64, 4) is None
+    assert "its name says 4" in caplog.text
 
 
 def test_model_file_path(tmp_path):

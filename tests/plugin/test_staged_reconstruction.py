@@ -289,6 +289,17 @@ def test_train_first_names_the_setting_that_blocks_the_warm_start(
     assert "Warm start skipped" not in messages and "starting from a test model (N=32)" in messages
 
 
+def test_train_first_at_width_4_starts_from_the_shipped_width_4_model(model_core: Any, library: Any, tmp_path: Path) -> None:
+    """N=64, nothing loaded, Network Width 4 (a GPU's): training starts from the width-4 model that ships for N=64."""
+    product, _ = load_ptychodus_simulated_scan(model_core, tmp_path, n_positions=64, size_px=64)
+    configure(library, train_first=True, epochs=1, n_filters_scale=4, refine_epochs=1, refine_half_resolution_epochs=0)
+    log = _panel_log(model_core)
+    product.reconstruct_local(algorithm=RECONSTRUCT, block=True)
+    messages = "\n".join(log.messages())
+    assert "starting from the shipped pretrained model of width 4" in messages
+    assert "Warm start skipped" not in messages
+
+
 def test_batch_mode_reconstructs_with_network_and_refinement(
     model_core: Any, library: Any, trained_small: Any, tmp_path: Path
 ) -> None:

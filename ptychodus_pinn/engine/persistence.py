@@ -196,12 +196,11 @@ def load_pretrained(size_px: int, width: int = 1) -> PinnModel:
 
 def find_pretrained(size_px: int, width: int = 1) -> PinnModel | None:
     """The shipped pretrained model for N = size_px (and width), or None (logged) when none ships or it is unusable."""
-    path = pretrained_path(size_px, width)
-    if path is None:
+    if pretrained_path(size_px, width) is None:
         logger.info("No pretrained model ships for N=%d%s", size_px, "" if width == 1 else f" at network width {width}")
         return None
     try:
-        return _checked_width(load_model(path, expect=ModelConfig(N=size_px)), path, width)
+        return load_pretrained(size_px, width)
     except (OSError, ValueError, RuntimeError) as error:  # ModelFileError is a ValueError
         logger.warning("The pretrained model for N=%d is unusable (%s: %s)", size_px, type(error).__name__, error)
         return None

@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE))
 from streaming_bench import CASES, illuminated, lsqml_final  # noqa: E402
 from training_targets_bench import publish  # noqa: E402
 
-from ptychodus_pinn.engine.config import RefinementConfig, RefinementStart  # noqa: E402
+from ptychodus_pinn.engine.config import ExecutionConfig, RefinementConfig, RefinementStart  # noqa: E402
 from ptychodus_pinn.engine.inference import reconstruct, reconstruct_network  # noqa: E402
 from ptychodus_pinn.engine.metrics import compare  # noqa: E402
 from ptychodus_pinn.engine.persistence import load_model, pretrained_path  # noqa: E402
@@ -56,24 +56,29 @@ def scored(obj: Any, scan: Any, lit: Any) -> float:
     return float(compare(obj, scan.ground_truth, lit).phase_ssim)
 
 
-def run_case(label: str, scan: Any, models: dict[str, Any], lsqml: dict[str, Any] | None, epochs: int) -> dict[str, Any]:
+def run_case(
+    label: str, scan: Any, models: dict[str, tuple[Any, int]], lsqml: dict[str, Any] | None, epochs: int
+) -> dict[str, Any]:
+    """``models``: name → (model, symmetry views the network uses: ``ExecutionConfig.symmetry_views``)."""
     lit = illuminated(scan)
     row: dict[str, Any] = {"name": label}
     started = time.perf_counter()
     flat = reconstruct(None, scan, refinement=RefinementConfig(start=RefinementStart.FLAT))
     row["refinement_from_flat"] = {"phase_ssim": scored(flat.object, scan, lit), "seconds": time.perf_counter() - started}
-    for name, model in models.items():
+    for name, (model, views) in models.items():
+        execution = ExecutionConfig(symmetry_views=views)
         started = time.perf_counter()
-        network = reconstruct_network(model, scan)
+        network = reconstruct_network(model, scan, execution=execution)
         network_s = time.perf_counter() - started
         refined_s = []
         for _ in range(TIMING_REPEATS):  # the same deterministic run, timed as the median of three
             started = time.perf_counter()
-            refined = reconstruct(model, scan, refinement=RefinementConfig(start=RefinementStart.AUTO))
+            refined = reconstruct(model, scan, execution=execution, refinement=RefinementConfig(start=RefinementStart.AUTO))
             refined_s.append(time.perf_counter() - started)
         row[name] = {
             "network_phase_ssim": scored(network.object, scan, lit),
             "network_s": network_s,
+            "symmetry_views": views,
             "network_refined_phase_ssim": scored(refined.object, scan, lit),
             "network_refined_s": float(np.median(refined_s)),
             "network_refined_s_runs": refined_s,
@@ -151,6 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--positions", type=int, default=576)
     parser.add_argument("--photons", type=float, default=1e5)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--views",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="symmetry views the network uses (ExecutionConfig.symmetry_views); each model runs once per value, "
+        "named NAME×V for V > 1 (default 1: the CPU default)",
+    )
     parser.add_argument("--lsqml-epochs", type=int, default=200)
     parser.add_argument("--lsqml-from", type=Path, default=None, help="LSQML rows of an earlier run of this benchmark")
     parser.add_argument("--threads", type=int, default=2)
@@ -159,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
     paths = dict(arguments.models) if arguments.models else {"shipped": pretrained_path(arguments.size)}
-    models = {name: load_model(path) for name, path in paths.items() if path is not None}
+    loaded = {name: load_model(path) for name, path in paths.items() if path is not None}
+    models = {
+        name if views == 1 else f"{name}×{views}": (model, views) for name, model in loaded.items() for views in arguments.views
+    }
     earlier: dict[str, Any] = {}
     if arguments.lsqml_from is not None:
         previous = json.loads(arguments.lsqml_from.read_text())
@@ -174,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         scan = simulate_scan(kind, arguments.photons, arguments.positions, arguments.size, arguments.seed, path=path)
         rows.append(run_case(label, scan, models, earlier.get(label), arguments.lsqml_epochs))
         print(f"  {label}: " + ", ".join(f"{n} network {rows[-1][n]['network_phase_ssim']:.3f}" for n in models), flush=True)
-    settings = {key: getattr(arguments, key) for key in ("size", "positions", "photons", "seed", "lsqml_epochs", "threads")}
+    settings = {
+        key: getattr(arguments, key) for key in ("size", "positions", "photons", "seed", "lsqml_epochs", "threads", "views")
+    }
     results = {
         "settings": settings,
         "models": list(models),

@@ -72,8 +72,16 @@ def phase_ssim_of(reconstruction: Any, scan: Scan) -> float:
     return float(compare(reconstruction.object, scan.ground_truth, reconstruction.illuminated).phase_ssim)
 
 
+# the network's object as scored here; --views sets its symmetry views (ExecutionConfig.symmetry_views)
+SCORING = {"execution": ExecutionConfig(accelerator="cpu")}
+
+
+def scored_network(model: Any, scan: Scan) -> Any:
+    return reconstruct_network(model, scan, execution=SCORING["execution"], confidence=False)
+
+
 def network_phase_ssim(model: Any, scan: Scan) -> float:
-    return phase_ssim_of(reconstruct_network(model, scan), scan)
+    return phase_ssim_of(scored_network(model, scan), scan)
 
 
 def train_with(
@@ -86,6 +94,7 @@ def train_with(
     weight: float = 1.0,
     learning_rate: float | None = None,
     on_epoch_end: Callable[[training.EpochReport], None] | None = None,
+    probe_symmetries: bool = False,
 ) -> tuple[Any, float, dict]:
     """(model, seconds, distillation summary) for one training target; the truth is removed from every training scan.
     The distillation summary also holds ``best_epoch``: the epoch whose weights training kept (lowest validation loss)."""
@@ -99,6 +108,7 @@ def train_with(
             target_refresh_epochs=refresh,
             distil_weight=weight,
             learning_rate=learning_rate or TrainingConfig().learning_rate,
+            probe_symmetries=probe_symmetries,
         ),
         ExecutionConfig(accelerator="cpu"),
     )
@@ -124,6 +134,7 @@ def run_kind(
     seeds: tuple[int, int, int] = (*TRAIN_SEEDS, TEST_SEED),
     rehearsal: tuple[Scan, ...] = (),
     track_epochs: bool = False,
+    probe_symmetries: bool = False,
 ) -> dict[str, Any]:
     train_scans = [simulate_scan(kind, photons, positions, N, seed=seed, path=path) for seed in seeds[:2]]
     train_scans += rehearsal  # corpus scans trained on beside them (--rehearse); scored on the first scan only
@@ -138,7 +149,7 @@ def run_kind(
     if initial is not None:
         row["shipped_alone"] = {"held_out_phase_ssim": network_phase_ssim(initial, test)}
         if test_problem is not None:
-            row["shipped_alone"]["held_out_object_nll"] = scaled_start(test_problem, reconstruct_network(initial, test).object)[1]
+            row["shipped_alone"]["held_out_object_nll"] = scaled_start(test_problem, scored_network(initial, test).object)[1]
     for suffix, start in starts:
         for target in targets:
             tracked: list[dict[str, float | None]] = []
@@ -147,7 +158,7 @@ def run_kind(
                 # the held-out score after every epoch (costs ~1 s an epoch): does the validation loss see it?
                 assert report.model is not None and test_problem is not None
                 was_training = report.model.training
-                network = reconstruct_network(report.model, test)
+                network = scored_network(report.model, test)
                 tracked.append({
                     "epoch": report.epoch, "train_loss": report.train_loss, "val_loss": report.val_loss,
                     "held_out_phase_ssim": phase_ssim_of(network, test),
@@ -158,10 +169,11 @@ def run_kind(
                 report.model.train(was_training)
 
             model, seconds, distillation = train_with(
-                target, train_scans, epochs, N, refresh, start, weight, learning_rate, track if track_epochs else None
-            )
+                target, train_scans, epochs, N, refresh, start, weight, learning_rate, track if track_epochs else None,
+                probe_symmetries,
+            )  # fmt: skip
             key = target + suffix
-            held_out = reconstruct_network(model, test)  # scored here and, below, weighed against the shipped one's
+            held_out = scored_network(model, test)  # scored here and, below, weighed against the shipped one's
             row[key] = {
                 "held_out_phase_ssim": phase_ssim_of(held_out, test),
                 "train_scan_phase_ssim": network_phase_ssim(model, train_scans[0]),
@@ -171,7 +183,7 @@ def run_kind(
             if tracked:
                 row[key]["per_epoch"] = tracked
             if start is not None:  # what Infer shows: the trained model's object or the shipped one's, by likelihood
-                chosen = likelier_network(held_out, ("shipped", start), test)
+                chosen = likelier_network(held_out, ("shipped", start), test, execution=SCORING["execution"], confidence=False)
                 assert chosen.network_choice is not None
                 row[key]["shipped_competing"] = {
                     "held_out_phase_ssim": phase_ssim_of(chosen, test),
@@ -211,6 +223,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"refreshed every {settings['refresh']} epochs, learning rate {settings.get('learning_rate') or 'default'}, "
         f"seeds {settings['train_seeds']} → {settings['test_seed']}, {results['machine']}"
         + (f"; plus {settings['rehearse_corpus_scans']} corpus scans rehearsed" if settings.get("rehearse_corpus_scans") else "")
+        + ("; batches seen through the probe's symmetries" if settings.get("probe_symmetries") else "")
+        + (f"; networks scored with {settings['symmetry_views']} symmetry views" if settings.get("symmetry_views", 1) > 1 else "")
         + "):",
         "",
         "| kind | " + " | ".join(COLUMNS[key] for key in present) + " | refinement from flat |",
@@ -304,10 +318,19 @@ def main(argv: list[str] | None = None) -> int:
         help="score the held-out scan after every epoch (phase SSIM, and the likelihood of the network's object under its "
         "counts), beside the validation loss",
     )
+    parser.add_argument(
+        "--probe-symmetries",
+        action="store_true",
+        help="train with TrainingConfig.probe_symmetries (each batch seen through one of the probe's square symmetries)",
+    )
+    parser.add_argument(
+        "--views", type=int, default=1, help="symmetry views the network's objects are scored with (1: the CPU default)"
+    )
     parser.add_argument("--name", default="training-targets-cpu")
     parser.add_argument("--out", default=str(HERE / "results"))
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
+    SCORING["execution"] = ExecutionConfig(accelerator="cpu", symmetry_views=arguments.views)
     if arguments.shipped_only and arguments.initial_model is None:
         parser.error("--shipped-only needs --initial-model")
     initial = None if arguments.initial_model is None else load_model(arguments.initial_model)
@@ -320,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                 kind, path or "jittered", arguments.size, arguments.positions, arguments.photons, arguments.epochs,
                 arguments.refresh, initial, tuple(arguments.targets), arguments.distil_weight,
                 not arguments.shipped_only, not arguments.skip_ceiling, arguments.learning_rate, tuple(arguments.seeds),
-                rehearsal, arguments.track_epochs,
+                rehearsal, arguments.track_epochs, arguments.probe_symmetries,
             )
         )  # fmt: skip
     import platform
@@ -331,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                      "distil_weight": arguments.distil_weight, "train_seeds": list(arguments.seeds[:2]),
                      "test_seed": arguments.seeds[2], "learning_rate": arguments.learning_rate,
                      "rehearse_corpus_scans": arguments.rehearse, "threads": arguments.threads,
-                     "track_epochs": arguments.track_epochs,
+                     "track_epochs": arguments.track_epochs, "probe_symmetries": arguments.probe_symmetries,
+                     "symmetry_views": arguments.views,
                      "width": 1 if initial is None else initial.config.n_filters_scale,
                      "initial_model": None if arguments.initial_model is None else arguments.initial_model.name},
         "machine": f"{platform.processor() or platform.machine()}, {arguments.threads} torch threads",

@@ -420,7 +420,7 @@ def command_pretrain(arguments: argparse.Namespace) -> int:
         learning_rate=training["learning_rate"], corpus_name=arguments.corpus, count=arguments.scans,
         n_positions=arguments.positions, mode=TrainingMode(arguments.mode),
         initial_model=None if arguments.initial_model is None else Path(arguments.initial_model),
-        width=width,
+        width=width, probe_symmetries=training.get("probe_symmetries", False),
     )  # fmt: skip
     return 0
 
@@ -516,7 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--size", type=int, default=64, help="pattern size N in pixels (default 64; models ship for 64, 128)")
     pretrain.add_argument("--scans", type=positive_integer, default=25, help="broad corpus: scans (default 25)")
     pretrain.add_argument("--positions", type=positive_integer, default=400, help="broad corpus: patterns per scan (default 400)")
-    add_config_arguments(pretrain, TrainingConfig, "training", only=list(PRETRAIN_DEFAULTS), defaults=PRETRAIN_DEFAULTS)
+    add_config_arguments(
+        pretrain, TrainingConfig, "training", only=[*PRETRAIN_DEFAULTS, "probe_symmetries"], defaults=PRETRAIN_DEFAULTS
+    )
     add_config_arguments(
         pretrain, ModelConfig, "model", only=["n_filters_scale"],
         default_text={"n_filters_scale": "1 (the shipped models), or --initial-model's own"},

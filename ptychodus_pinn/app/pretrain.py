@@ -121,6 +121,7 @@ def run_pretraining(
     mode: TrainingMode = TrainingMode.PINN,
     initial_model: Path | None = None,
     width: int | None = None,
+    probe_symmetries: bool = False,
 ) -> Path:
     """Train a starting model (gridsize 1; ``width`` the U-Net's width multiplier, 1 unless given or taken
     from ``initial_model``) on one of :data:`CORPORA` and save it to ``out`` (``count`` and ``n_positions``
@@ -128,7 +129,8 @@ def run_pretraining(
 
     ``mode`` pinn is the shipped model's recipe; distil refines every corpus scan first and trains on
     its refined patches too (``engine/distillation.py``). ``initial_model`` fine-tunes a saved model
-    (same N, gridsize 1) instead of starting from random weights.
+    (same N, gridsize 1) instead of starting from random weights. ``probe_symmetries``: batches seen through
+    the corpus probes' square symmetries (``TrainingConfig.probe_symmetries``).
     """
     if corpus_name not in CORPORA:
         raise ValueError(f"unknown corpus {corpus_name!r}; one of: {', '.join(CORPORA)}")
@@ -143,7 +145,9 @@ def run_pretraining(
     if start is not None:
         width = start.config.n_filters_scale
     model = ModelConfig(N=size_px, n_filters_scale=1 if width is None else width, mode=mode)
-    training = TrainingConfig(epochs=epochs, batch_size=16, validation_fraction=0.0, learning_rate=learning_rate)
+    training = TrainingConfig(
+        epochs=epochs, batch_size=16, validation_fraction=0.0, learning_rate=learning_rate, probe_symmetries=probe_symmetries
+    )
     config = RunConfig(model=model, training=training, execution=execution)
     if corpus_name == "siemens-lines":
         scans = siemens_lines_scans(size_px)
@@ -162,6 +166,7 @@ def run_pretraining(
         described = f"{len(scans)} scans × {scans[0].count} patterns (seeds {seeds})"
     recipe = (
         f"app.pretrain {corpus_name} corpus: {described}, {mode.value} mode, {epochs} epochs, learning rate {learning_rate:g}"
+        + (", batches seen through the probe's symmetries" if probe_symmetries else "")
     )
     if start is not None and initial_model is not None:
         earlier = start.record.extra.get("pretrained_on", "no recorded recipe")

@@ -497,6 +497,9 @@ class TrainingConfig:
         "its target by the counts' likelihood, and refines the target again from the network's object where that fits "
         "better.", unit="epochs", minimum=0, maximum=MAX_COUNT,
         note="0 never refreshes", advanced=True))
+    probe_symmetries: bool = field(default=False, metadata=knob(
+        "Probe Symmetries", "Show each training batch through a rotation or reflection the probe is symmetric under "
+        "(a true scan of the turned object: up to 8 views of every pattern); gridsize 1 only.", advanced=True))
     checkpoint_save_top_k: int = field(default=1, metadata=knob(
         "Checkpoints Kept", "How many best checkpoints to keep on disk; the best model is always returned.", minimum=-1,
         maximum=MAX_COUNT, note="-1 keeps all, 0 keeps none"))
@@ -546,6 +549,10 @@ class ExecutionConfig:
     inference_batch_size: int | None = field(default=None, metadata=knob(
         "Inference Batch Size", "Patterns per forward pass when reconstructing.", unit="patterns", minimum=1, maximum=MAX_COUNT,
         none_means="the training batch size"))
+    symmetry_views: int | None = field(default=None, metadata=knob(
+        "Symmetry Views", "The network sees each pattern also rotated and reflected, as far as the probe is symmetric, "
+        "and averages its patches: a sharper network object for one forward pass per view.", unit="views", minimum=1,
+        maximum=8, none_means="all the probe allows (up to 8) on a GPU, 1 on a CPU", advanced=True))
     middle_trim: int = field(default=0, metadata=knob(
         "Middle Trim", "Pixels cut from each predicted patch edge before stitching (less than N/2).", unit="px", minimum=0,
         maximum=max(SUPPORTED_PATTERN_SIZES_PX) // 2 - 1, advanced=True))

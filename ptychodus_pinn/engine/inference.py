@@ -104,10 +104,36 @@ def check_scan_fits(model: PinnModel, scan: Scan) -> None:
         raise ScanError(f"the model groups {model.config.channels} patterns but the scan has only {scan.count}")
 
 
+# the order views are taken in (physics.square_symmetry): the identity, the half turn, the two axis reflections
+# (four views measured to give most of what all eight give), the two diagonal reflections, the quarter turns
+VIEW_ORDER = (0, 6, 2, 4, 1, 7, 3, 5)
+
+
+def symmetry_views(execution: ExecutionConfig, scan: Scan, model: PinnModel, device: torch.device) -> tuple[int, ...]:
+    """The square symmetries the network sees each pattern through (``ExecutionConfig.symmetry_views``): the first
+    of :data:`VIEW_ORDER` that the scan's probe has, as many as asked (unset: all on a GPU, one on a CPU, where each
+    view costs a forward pass: docs/quality.md); only the identity for gridsize > 1."""
+    wanted = execution.symmetry_views or (1 if device.type == "cpu" else physics.SQUARE_SYMMETRIES)
+    if wanted == 1 or model.config.channels > 1:
+        return (0,)
+    probe_has = physics.probe_symmetries(torch.from_numpy(np.asarray(scan.probe)))
+    views = tuple(index for index in VIEW_ORDER if index in probe_has)[:wanted]
+    if len(views) < wanted:
+        logger.info("The probe has %d of the %d symmetry views asked for; the network uses those", len(views), wanted)
+    return views
+
+
 @torch.no_grad()
-def predict_patches(model: PinnModel, scan: Scan, batch_size: int, device: torch.device) -> torch.Tensor:
-    """One complex patch per pattern (M, N, N); with gridsize > 1 each pattern seeds its own group."""
+def predict_patches(
+    model: PinnModel, scan: Scan, batch_size: int, device: torch.device, views: tuple[int, ...] = (0,)
+) -> torch.Tensor:
+    """One complex patch per pattern (M, N, N); with gridsize > 1 each pattern seeds its own group.
+
+    ``views``: square symmetries (``physics.square_symmetry``) of the probe; each pattern is also seen through
+    them, the patches turned back and averaged (``physics.average_symmetry_views``), one forward pass per view.
+    """
     config = model.config
+    weight = physics.probe_weight(torch.from_numpy(np.asarray(scan.probe))) if len(views) > 1 else None
     groups = physics.group_neighbors(scan.positions_yx_px, config.gridsize, config.neighbor_count, None, seed=0)
     normalization = input_normalization_for(scan.mean_total_counts, scan.size_px)
     model.eval().to(device)
@@ -117,7 +143,7 @@ def predict_patches(model: PinnModel, scan: Scan, batch_size: int, device: torch
         while start < groups.shape[0]:
             batch = torch.from_numpy(scan.patterns[groups[start : start + batch_size]]).to(device)
             try:
-                patches = model.predict_patches(network_input(batch, normalization))
+                patches = _network_patches(model, network_input(batch, normalization), views, weight)
             except Exception as error:
                 # out of memory: halve the batch and carry on, down to one pattern at a time
                 if not is_out_of_memory(error) or batch_size == 1:
@@ -130,6 +156,21 @@ def predict_patches(model: PinnModel, scan: Scan, batch_size: int, device: torch
             outputs.append(patches[:, 0].to(torch.complex64).cpu())
             start += batch_size
     return torch.cat(outputs)
+
+
+def _network_patches(
+    model: PinnModel, network_input: torch.Tensor, views: tuple[int, ...], weight: torch.Tensor | None
+) -> torch.Tensor:
+    if weight is None:
+        return model.predict_patches(network_input)
+    seen = [
+        physics.square_symmetry(
+            model.predict_patches(physics.square_symmetry(network_input, index)).to(torch.complex64),
+            physics.SQUARE_SYMMETRY_INVERSES[index],
+        )
+        for index in views
+    ]
+    return physics.average_symmetry_views(seen, weight.to(network_input.device))
 
 
 def reconstruct_network(
@@ -158,7 +199,7 @@ def reconstruct_network(
     device = (devices or device_spec(execution)).torch_device
     batch_size = execution.inference_batch_size or model.record.batch_size
     started = time.perf_counter()
-    patches = predict_patches(model, scan, batch_size, device)
+    patches = predict_patches(model, scan, batch_size, device, symmetry_views(execution, scan, model, device))
     predicted = time.perf_counter()
     positions = scan.positions_yx_px
     keep = np.ones(scan.count, dtype=bool)

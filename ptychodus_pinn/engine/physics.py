@@ -38,6 +38,52 @@ def predicted_counts(object_patches: torch.Tensor, probe: torch.Tensor, intensit
     return intensity_scale * abs2(far_field(exit_waves)).sum(dim=-3)
 
 
+SQUARE_SYMMETRIES = 8  # the dihedral group of the square: 4 rotations, 4 reflections
+SQUARE_SYMMETRY_INVERSES = (0, 1, 2, 5, 4, 3, 6, 7)  # the two quarter turns undo each other; the rest themselves
+
+
+def square_symmetry(images: torch.Tensor, index: int) -> torch.Tensor:
+    """Symmetry ``index`` (0..7; 0 is the identity) of the square applied to the last two axes, about pixel
+    (N//2, N//2): bit 0 transposes, bit 1 reverses the rows, bit 2 the columns.
+
+    That pixel is the origin of both planes of :func:`far_field`, where reversing an axis is ``i -> -i mod N``,
+    so ``|F(g f)|² = g |F(f)|²`` holds exactly: a scan seen through g is a true scan of g·object with g·probe.
+    """
+    if not 0 <= index < SQUARE_SYMMETRIES:
+        raise ValueError(f"symmetry index {index} is not in 0..{SQUARE_SYMMETRIES - 1}")
+    if index & 1:
+        images = images.transpose(-2, -1)
+    for bit, axis in ((2, -2), (4, -1)):
+        if index & bit:
+            images = torch.roll(torch.flip(images, dims=(axis,)), 1, dims=(axis,))
+    return images
+
+
+def probe_symmetries(probes: torch.Tensor, tolerance: float = 1e-2) -> tuple[int, ...]:
+    """The square symmetries that leave every probe mode unchanged up to a constant phase (which no pattern
+    sees), within ``tolerance`` of 1 − |⟨gP, P⟩| / ‖P‖²; ``probes`` (..., N, N), every leading index a mode or
+    a scan's probe. Training may show the network its patterns through these: the probe it will meet is the same."""
+    modes = probes.reshape(-1, *probes.shape[-2:]).to(torch.complex64)
+    power = abs2(modes).sum(dim=(-2, -1)).clamp_min(1e-30)
+    kept = []
+    for index in range(SQUARE_SYMMETRIES):
+        overlap = (square_symmetry(modes, index) * modes.conj()).sum(dim=(-2, -1)).abs() / power
+        if float((1 - overlap).max()) <= tolerance:
+            kept.append(index)
+    return tuple(kept)
+
+
+def average_symmetry_views(views: list[torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
+    """Mean of several estimates of the same patches (V items of (..., N, N)), each first turned by the constant
+    phase that best matches the first under ``weight`` (a pattern does not fix its patch's constant phase)."""
+    first = views[0]
+    total = first.clone()
+    for view in views[1:]:
+        inner = (first * view.conj() * weight).sum(dim=(-2, -1), keepdim=True)
+        total += view * (inner / inner.abs().clamp_min(1e-12))
+    return total / len(views)
+
+
 def intensity_scale_from_data(mean_total_counts: float, probe: np.ndarray) -> float:
     """Scale that makes the illuminated object amplitude O(1): mean counts ÷ Σ|P|² over all modes."""
     probe_power = float(np.sum(np.abs(probe) ** 2))

@@ -152,6 +152,19 @@ def learning_rate_factor(scheduler: Scheduler, epoch: int, epochs: int, warmup_e
     return 1.0
 
 
+def training_symmetries(scans: Sequence[Scan], probes: torch.Tensor | None, config: RunConfig) -> tuple[int, ...]:
+    """The square symmetries training shows its batches through (``TrainingConfig.probe_symmetries``): those of
+    every training scan's probe, for gridsize 1 (a group's offsets would have to turn too); logged."""
+    if not config.training.probe_symmetries:
+        return ()
+    if config.model.channels > 1:
+        logger.info("Probe symmetries are for gridsize 1; training gridsize %d without them", config.model.gridsize)
+        return ()
+    symmetries = physics.probe_symmetries(torch.from_numpy(np.asarray(scans[0].probe)) if probes is None else probes)
+    logger.info("Training sees each batch through %d of the square's 8 symmetries (the probe's)", len(symmetries))
+    return symmetries
+
+
 class PinnLightningModule(pl.LightningModule):
     def __init__(
         self,
@@ -160,9 +173,13 @@ class PinnLightningModule(pl.LightningModule):
         epochs: int,
         bad_pixels: np.ndarray | None = None,
         probes: torch.Tensor | None = None,
+        symmetries: Sequence[int] = (),
     ) -> None:
         super().__init__()
         self.model = model
+        # square symmetries (physics.square_symmetry) a training batch may be seen through: each one a true scan
+        # of the transformed object, with the probe the network will meet (physics.probe_symmetries)
+        self.symmetries = tuple(index for index in symmetries if index != 0)
         valid = None if bad_pixels is None else torch.from_numpy(~bad_pixels).float()
         self.register_buffer("valid_pixels", valid, persistent=False)
         # each training scan's probe (datasets.scan_probes) when they differ and the probe is not trained
@@ -179,8 +196,25 @@ class PinnLightningModule(pl.LightningModule):
         if self.device.type == "cpu":
             set_convolution_layout(self.model.generator, torch.channels_last)
 
-    def _weight(self) -> torch.Tensor:
-        return physics.probe_weight(self.model.probe.detach())
+    def _weight(self, symmetry: int = 0) -> torch.Tensor:
+        return physics.square_symmetry(physics.probe_weight(self.model.probe.detach()), symmetry)
+
+    def seen_through_symmetry(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch seen through one of :attr:`symmetries`, drawn at random (torch's seeded generator); the
+        batch itself when there are none. Patterns, labels and (in the loss) probe and bad-pixel mask move
+        together, so the likelihood and the labels stay exact."""
+        if not self.symmetries:
+            return batch
+        draw = int(torch.randint(len(self.symmetries) + 1, ()))  # 0: as measured
+        if draw == 0:
+            return batch
+        symmetry = self.symmetries[draw - 1]
+        seen = dict(batch)
+        for key in ("input", "counts", "labels"):
+            if key in seen:
+                seen[key] = physics.square_symmetry(seen[key], symmetry)
+        seen["symmetry"] = torch.tensor(symmetry)
+        return seen
 
     def patches_for(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         patches = self.model.predict_patches(batch["input"])
@@ -213,7 +247,7 @@ class PinnLightningModule(pl.LightningModule):
                 f"mode {self.model.config.mode.value} needs labels (a known object, or the refined targets that "
                 "engine.training.train makes for distil); train through engine.training.train"
             )
-        weight = self._weight()
+        weight = self._weight(int(batch.get("symmetry", 0)))
         patches, labels = patches.to(torch.complex64), batch["labels"]
         if align_phase:
             inner = (labels * patches.conj() * weight).sum(dim=(-2, -1), keepdim=True).detach()
@@ -226,16 +260,20 @@ class PinnLightningModule(pl.LightningModule):
         config = self.model.config
         scale = batch["intensity_scale"][:, None, None, None]
         probes: torch.Tensor | None = self.scan_probes  # type: ignore[assignment]
-        per_item = None if probes is None else probes[batch["probe_index"]][:, None]
-        expected = self.model.expected_counts(patches, scale, per_item)
+        probe = self.model.probe if probes is None else probes[batch["probe_index"]][:, None]
         valid: torch.Tensor | None = self.valid_pixels  # type: ignore[assignment]
+        symmetry = int(batch.get("symmetry", 0))
+        if symmetry:
+            probe = physics.square_symmetry(probe, symmetry)
+            valid = None if valid is None else physics.square_symmetry(valid, symmetry)
+        expected = self.model.expected_counts(patches, scale, probe)
         mean_counts = batch["mean_counts"][:, None]
         if config.loss is LossKind.MAE:
             return physics.amplitude_mae(expected, batch["counts"], valid, mean_counts)
         return physics.poisson_nll(expected, batch["counts"], valid, mean_counts)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
-        loss = self.loss(batch)
+        loss = self.loss(self.seen_through_symmetry(batch))
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["counts"]), sync_dist=True)
         return loss
 
@@ -569,7 +607,10 @@ def _train_once(
     model = new_model(scans, model_config, training.batch_size)
     if initial_model is not None:
         model.generator.load_state_dict(initial_model.generator.state_dict())
-    module = PinnLightningModule(model, training, training.epochs, scans[0].bad_pixels, scan_probes(scans))
+    probes = scan_probes(scans)
+    module = PinnLightningModule(
+        model, training, training.epochs, scans[0].bad_pixels, probes, training_symmetries(scans, probes, config)
+    )
     distillation = None
     if model_config.mode is TrainingMode.DISTIL:  # labels: the scans refined (engine/distillation.py)
         from ptychodus_pinn.engine.distillation import DistillationTargets

@@ -118,8 +118,9 @@ def symmetry_views(execution: ExecutionConfig, scan: Scan, model: PinnModel, dev
         return (0,)
     probe_has = physics.probe_symmetries(torch.from_numpy(np.asarray(scan.probe)))
     views = tuple(index for index in VIEW_ORDER if index in probe_has)[:wanted]
-    if len(views) < wanted:
-        logger.info("The probe has %d of the %d symmetry views asked for; the network uses those", len(views), wanted)
+    if len(views) < wanted:  # a real probe is rarely symmetric: worth a line only where views were asked for
+        log = logger.info if execution.symmetry_views else logger.debug
+        log("The probe has %d of the %d symmetry views asked for; the network uses those", len(views), wanted)
     return views
 
 

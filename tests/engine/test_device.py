@@ -32,9 +32,11 @@ def test_gpu_1_trains_infers_and_refines_on_gpu_1(two_gpus, small_scan, tmp_path
     assert arguments["accelerator"] == "cuda" and arguments["devices"] == [1]
 
     used: list[torch.device] = []
+    views_used: list[tuple[int, ...]] = []
 
-    def fake_predict(model, scan, batch_size, device):
+    def fake_predict(model, scan, batch_size, device, views=(0,)):
         used.append(torch.device(device))
+        views_used.append(views)
         return torch.ones((scan.count, scan.size_px, scan.size_px), dtype=torch.complex64)
 
     def fake_refine(scan, start, config, *, device="cpu", **_):
@@ -48,6 +50,7 @@ def test_gpu_1_trains_infers_and_refines_on_gpu_1(two_gpus, small_scan, tmp_path
     with pytest.raises(RuntimeError, match="stop here"):
         inference.refine_reconstruction(small_scan, None, RefinementConfig(epochs=1), execution=execution)
     assert used == [torch.device("cuda:1"), torch.device("cuda:1")]
+    assert views_used == [(0, 6, 2, 4, 1, 7, 3, 5)]  # on a GPU the network sees every symmetry view the probe has
 
 
 # ------------------------------------------------------------------------------- the mapping itself

@@ -84,9 +84,10 @@ def network_phase_ssim(model: Any, scan: Scan) -> float:
     return phase_ssim_of(scored_network(model, scan), scan)
 
 
-def held_out_scores(model: Any, scan: Scan) -> dict[str, float]:
-    """The network's phase SSIM on the held-out scan, with --views and, when that is more than one, with one view."""
-    scores = {"held_out_phase_ssim": network_phase_ssim(model, scan)}
+def held_out_scores(model: Any, scan: Scan, scored: Any = None) -> dict[str, float]:
+    """The network's phase SSIM on the held-out scan, with --views (``scored``: that object, when already made) and,
+    when that is more than one, with one view."""
+    scores = {"held_out_phase_ssim": phase_ssim_of(scored if scored is not None else scored_network(model, scan), scan)}
     if (SCORING["execution"].symmetry_views or 1) > 1:
         one_view = reconstruct_network(model, scan, execution=ExecutionConfig(accelerator="cpu"), confidence=False)
         scores["held_out_phase_ssim_one_view"] = phase_ssim_of(one_view, scan)
@@ -184,7 +185,7 @@ def run_kind(
             key = target + suffix
             held_out = scored_network(model, test)  # scored here and, below, weighed against the shipped one's
             row[key] = {
-                **held_out_scores(model, test),
+                **held_out_scores(model, test, held_out),
                 "train_scan_phase_ssim": network_phase_ssim(model, train_scans[0]),
                 "train_s": seconds,
                 "best_epoch": distillation.pop("best_epoch"),

@@ -11,7 +11,8 @@
 #   QUICK=1 ACCELERATOR=cpu bash benchmarks/gpu_pretrain.sh          # a smoke test anywhere (minutes)
 #
 # Knobs (environment): WIDTH (8), SIZE (64), SCANS (25: the broad corpus's scans), STAGE1_EPOCHS (40),
-# STAGE2_EPOCHS (30), ACCELERATOR (gpu), PRECISION (32), PYTHON (python3), QUICK (unset).
+# STAGE2_EPOCHS (30), ACCELERATOR (gpu), PRECISION (32), PYTHON (python3), QUICK (unset), VIEWS ("1 8": the
+# symmetry views each model is benchmarked with, which also times the GPU's default of 8; QUICK: "1").
 # Writes under $OUT (else build/gpu-pretrain/, which git ignores, so no model lands in benchmarks/results
 # by accident): the two models, gpu-pretrain-nSIZE-wWIDTH.{json,md} and gpu_pretrain.log; a rerun replaces
 # them. Copy the .json/.md into benchmarks/results/ to commit them. Needs torch, lightning, scipy, scikit-image, h5py (all on the lent machines);
@@ -34,6 +35,7 @@ if [[ -n "${QUICK:-}" ]]; then
     STAGE1_EPOCHS=1 STAGE2_EPOCHS=1 SCANS=2
     CORPUS_ARGS=(--positions 100)
     NAME="$NAME-quick"
+    VIEWS="${VIEWS:-1}"
 fi
 case "$SIZE" in
     64) LSQML_FROM="$REPO/benchmarks/results/pretrained-half-resolution-cpu.json" ;;
@@ -62,7 +64,7 @@ stamp() { echo "# $(date -u +%H:%M:%S) $*"; }
     stamp "unseen scans: the shipped model and width $WIDTH"
     "$PYTHON" "$REPO/benchmarks/pretrained_bench.py" --size "$SIZE" --lsqml-from "$LSQML_FROM" \
         --models shipped="$REPO/resources/pretrained-n${SIZE}.pinn.pt" "width$WIDTH=$MODEL" \
-        --name "$NAME" --out "$OUT_DIR"
+        --views ${VIEWS:-1 8} --name "$NAME" --out "$OUT_DIR"
     stamp "done"
 } 2>&1 | tee "$OUT_DIR/gpu_pretrain.log"
 exit "${PIPESTATUS[0]}"

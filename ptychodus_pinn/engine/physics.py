@@ -73,14 +73,20 @@ def probe_symmetries(probes: torch.Tensor, tolerance: float = 1e-2) -> tuple[int
     return tuple(kept)
 
 
+def matching_phase(reference: torch.Tensor, patches: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The unit factor e^{iφ} per patch (..., 1, 1) that turns ``patches`` to best match ``reference`` under
+    ``weight``: one pattern does not fix its patch's constant phase, so estimates are compared after it."""
+    inner = (reference * patches.conj() * weight).sum(dim=(-2, -1), keepdim=True)
+    return inner / inner.abs().clamp_min(1e-12)
+
+
 def average_symmetry_views(views: list[torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
     """Mean of several estimates of the same patches (V items of (..., N, N)), each first turned by the constant
-    phase that best matches the first under ``weight`` (a pattern does not fix its patch's constant phase)."""
+    phase that best matches the first under ``weight`` (:func:`matching_phase`)."""
     first = views[0]
     total = first.clone()
     for view in views[1:]:
-        inner = (first * view.conj() * weight).sum(dim=(-2, -1), keepdim=True)
-        total += view * (inner / inner.abs().clamp_min(1e-12))
+        total += view * matching_phase(first, view, weight)
     return total / len(views)
 
 

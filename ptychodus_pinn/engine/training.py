@@ -250,8 +250,7 @@ class PinnLightningModule(pl.LightningModule):
         weight = self._weight(int(batch.get("symmetry", 0)))
         patches, labels = patches.to(torch.complex64), batch["labels"]
         if align_phase:
-            inner = (labels * patches.conj() * weight).sum(dim=(-2, -1), keepdim=True).detach()
-            patches = patches * (inner / inner.abs().clamp_min(1e-12))
+            patches = patches * physics.matching_phase(labels, patches, weight).detach()
         difference = (patches - labels).abs() * weight
         return difference.sum(dim=(-2, -1)).mean() / weight.sum()
 

@@ -366,7 +366,7 @@ def check_infer_outputs(out: Path, inputs: dict[Path, str]) -> None:
 
 
 def command_infer(arguments: argparse.Namespace) -> int:
-    from ptychodus_pinn.app.infer import model_path_for, shipped_alternative, write_infer_outputs
+    from ptychodus_pinn.app.infer import device_width, model_path_for, shipped_alternative, write_infer_outputs
     from ptychodus_pinn.engine.data import load_scan
     from ptychodus_pinn.engine.inference import reconstruct
     from ptychodus_pinn.engine.persistence import load_model
@@ -377,10 +377,11 @@ def command_infer(arguments: argparse.Namespace) -> int:
     inputs = {data_path: "--data"} if model_path is None else {model_path: "--model", data_path: "--data"}
     check_infer_outputs(Path(arguments.out), inputs)
     scan = load_scan(data_path, read_options_from(arguments))
-    model_path = model_path_for(scan.size_px, model_path, refinement)
-    model = None if model_path is None else load_model(model_path)
     execution = execution_config_from(arguments)
-    alternative = shipped_alternative(model_path, scan.size_px, refinement, load_model)
+    width = device_width(scan.size_px, execution)  # the shipped model's: 4 on a GPU at N = 64, else 1
+    model_path = model_path_for(scan.size_px, model_path, refinement, width)
+    model = None if model_path is None else load_model(model_path)
+    alternative = shipped_alternative(model_path, scan.size_px, refinement, load_model, width)
     reconstruction = reconstruct(model, scan, execution=execution, refinement=refinement, alternative=alternative)
     print(write_infer_outputs(reconstruction, scan, Path(arguments.out), model_path))
     return 0

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ptychodus_pinn.engine.config import RefinementConfig
+from ptychodus_pinn.engine.config import ExecutionConfig, RefinementConfig
 
 logger = logging.getLogger(__name__)
 
@@ -22,28 +22,42 @@ class NoModelError(ValueError):
     """No model was given, none ships for the scan's pattern size, and refinement is off."""
 
 
-def model_path_for(size_px: int, model_path: Path | None, refinement: RefinementConfig) -> Path | None:
-    """The given model, else the shipped model for N = size_px, else None (refinement from a flat object)."""
-    from ptychodus_pinn.engine.persistence import pretrained_path
+def device_width(size_px: int, execution: ExecutionConfig) -> int:
+    """The width of the shipped model a run on ``execution``'s device uses for N = size_px (4 on a GPU at N = 64,
+    else 1: ``engine.persistence.device_model_width``); a GPU asked for and absent is the run's error, said here."""
+    from ptychodus_pinn.engine.device import resolve_accelerator
+    from ptychodus_pinn.engine.persistence import device_model_width
 
+    return device_model_width(size_px, resolve_accelerator(execution.accelerator))
+
+
+def shipped_model_path(size_px: int, width: int) -> Path | None:
+    """The shipped model file for N = size_px at ``width`` where one ships, else at width 1; None if none ships."""
+    from ptychodus_pinn.engine.persistence import pretrained_path, shipped_width
+
+    return pretrained_path(size_px, shipped_width(size_px, width))
+
+
+def model_path_for(size_px: int, model_path: Path | None, refinement: RefinementConfig, width: int = 1) -> Path | None:
+    """The given model, else the shipped model for N = size_px (at ``width`` where one ships: :func:`device_width`),
+    else None (refinement from a flat object)."""
     if model_path is not None:
         return model_path
-    shipped = pretrained_path(size_px)
+    shipped = shipped_model_path(size_px, width)
     if shipped is None and refinement.epochs == 0:
         raise NoModelError(f"no model ships for N={size_px}: give --model, or refine a flat object (--refine-epochs > 0)")
     return shipped
 
 
 def shipped_alternative(
-    model_path: Path | None, size_px: int, refinement: RefinementConfig, load: Callable[[Path], Any]
+    model_path: Path | None, size_px: int, refinement: RefinementConfig, load: Callable[[Path], Any], width: int = 1
 ) -> tuple[str, Any] | None:
-    """(name, the shipped model for N = size_px, loaded with ``load``) to weigh against a model given by file, as
-    ptychodus does (``engine.inference.likelier_network``); None without a given model, with a refinement start
-    other than auto, when none ships for N, or when the given file is the shipped one."""
+    """(name, the shipped model for N = size_px and ``width``, loaded with ``load``) to weigh against a model given by
+    file, as ptychodus does (``engine.inference.likelier_network``); None without a given model, with a refinement
+    start other than auto, when none ships for N, or when the given file is the shipped one."""
     from ptychodus_pinn.engine.config import SHIPPED_MODEL_NAME, RefinementStart
-    from ptychodus_pinn.engine.persistence import pretrained_path
 
-    shipped = pretrained_path(size_px)
+    shipped = shipped_model_path(size_px, width)
     if model_path is None or shipped is None or refinement.start is not RefinementStart.AUTO:
         return None
     if Path(model_path).resolve() == shipped.resolve():

@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptychodus_pinn.app.infer import SCAN_SUFFIXES, model_path_for, shipped_alternative, write_infer_outputs
+from ptychodus_pinn.app.infer import (
+    SCAN_SUFFIXES,
+    device_width,
+    model_path_for,
+    shipped_alternative,
+    shipped_model_path,
+    write_infer_outputs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -175,16 +182,12 @@ class ScanReconstructor:
         for module in ("ptychodus_pinn.app.figures", "ptychodus_pinn.engine.inference", "ptychodus_pinn.engine.metrics"):
             importlib.import_module(module)  # matplotlib, torch's reconstruction path, scikit-image
         from ptychodus_pinn.engine.config import SUPPORTED_PATTERN_SIZES_PX
-        from ptychodus_pinn.engine.persistence import pretrained_path
 
         if not self.use_network:
             self._warm_up(None, min(SUPPORTED_PATTERN_SIZES_PX))
             return
-        models = (
-            [self.model_path]
-            if self.model_path is not None
-            else list(filter(None, map(pretrained_path, SUPPORTED_PATTERN_SIZES_PX)))
-        )
+        shipped = [shipped_model_path(N, device_width(N, self.execution)) for N in SUPPORTED_PATTERN_SIZES_PX]
+        models = [self.model_path] if self.model_path is not None else list(filter(None, shipped))
         for path in models:
             model = self._model(path)
             self._warm_up(model, model.config.N)
@@ -229,8 +232,9 @@ class ScanReconstructor:
         inputs = {path: "DIR"} if self.model_path is None else {path: "DIR", self.model_path: "--model"}
         check_infer_outputs(folder, inputs)
         scan = load_scan(path, self.read_options)
-        model_path = model_path_for(scan.size_px, self.model_path, self.refinement) if self.use_network else None
-        alternative = shipped_alternative(model_path, scan.size_px, self.refinement, self._model)
+        width = device_width(scan.size_px, self.execution)
+        model_path = model_path_for(scan.size_px, self.model_path, self.refinement, width) if self.use_network else None
+        alternative = shipped_alternative(model_path, scan.size_px, self.refinement, self._model, width)
         reconstruction = reconstruct(
             self._model(model_path), scan, execution=self.execution, refinement=self.refinement, alternative=alternative
         )

@@ -183,6 +183,26 @@ def pretrained_path(size_px: int, width: int = 1) -> Path | None:
     return None
 
 
+# wider shipped models a GPU uses where one ships for N, widest first (docs/quality.md, "Width 4"): on a CPU their
+# forward pass costs 4-5x width 1's for the same refined result, on a GPU it is not what a reconstruction waits for
+GPU_MODEL_WIDTHS = (4,)
+
+
+def device_model_width(size_px: int, device_kind: str) -> int:
+    """The network width a device uses when the settings leave it open: on a GPU (``cuda``, ``mps``) the widest
+    shipped model for N = size_px (4 at N = 64: its object alone is the better one on every kind), else 1."""
+    if device_kind != "cpu":
+        for width in GPU_MODEL_WIDTHS:
+            if pretrained_path(size_px, width) is not None:
+                return width
+    return 1
+
+
+def shipped_width(size_px: int, width: int) -> int:
+    """``width`` where a shipped model of that width exists for N = size_px, else 1 (the width every N ships in)."""
+    return width if width == 1 or pretrained_path(size_px, width) is not None else 1
+
+
 def load_pretrained(size_px: int, width: int = 1) -> PinnModel:
     """Load the shipped pretrained model for this pattern size and width (FileNotFoundError if none ships)."""
     path = pretrained_path(size_px, width)

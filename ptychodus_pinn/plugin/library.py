@@ -41,7 +41,7 @@ from ptychodus.api.reconstruct import (
 )
 from ptychodus.api.settings import SettingsRegistry
 
-from ptychodus_pinn.engine.config import SHIPPED_MODEL_NAME, RunConfig, TrainingMode
+from ptychodus_pinn.engine.config import SHIPPED_MODEL_NAME, RunConfig, TrainingMode, replace
 
 from .convert import (
     is_workflow_directory,
@@ -51,7 +51,7 @@ from .convert import (
     shown_loss,
     workflow_directory_scan,
 )
-from .settings import PluginSettings, architecture_changes, settings_to_run_config
+from .settings import PluginSettings, architecture_changes, settings_to_run_config, width_is_auto
 
 LIBRARY_NAME = "PtychoPINN (PyTorch)"
 LOGGER_NAME = "ptychodus_pinn"  # the engine logs below it, so its messages reach the log panel too
@@ -206,6 +206,11 @@ def _write_record(record: Path, model_file: Path | None) -> None:
         logger.warning("Cannot record the model in use in %s (%s): the next session starts without it", record, error)
 
 
+def shipped_source(width: int) -> str:
+    """How the log (and the model slot) names the shipped model of this network width."""
+    return SHIPPED_MODEL_SOURCE if width == 1 else f"{SHIPPED_MODEL_SOURCE} of width {width}"
+
+
 class PinnReconstructorLibrary(ReconstructorLibrary):
     """ptychodus library "PtychoPINN (PyTorch)"; one instance per ptychodus ModelCore."""
 
@@ -216,7 +221,7 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
         self.is_developer_mode_enabled = is_developer_mode_enabled
         self._task_monitor: Any | None = None
         self._view_attached = False
-        self._shipped_models: dict[int, Any | None] = {}  # by N, loaded once (engine.persistence.find_pretrained)
+        self._shipped_models: dict[tuple[int, int], Any | None] = {}  # by (N, width), loaded once (shipped_model)
         self._reconstructors: list[Reconstructor] = [
             SelfSupervisedReconstructor(self, RECONSTRUCT_NAME, TrainingMode.PINN),
             TrainInferReconstructor(self, TRAIN_INFER_NAME, TrainingMode.PINN),
@@ -302,45 +307,50 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
     def initial_model_for(self, size_px: int, width: int = 1) -> tuple[Any | None, str]:
         """(model, how the log names it): the loaded model, else the shipped pretrained one, if it fits N = size_px.
 
-        ``width``: the settings' network width; where a shipped model of that width exists (N = 64 at width 4, for
-        GPUs: docs/quality.md) training starts from it, else from the width-1 one (and its warm start is skipped,
-        with a log that says which setting to change)."""
-        from ptychodus_pinn.engine.persistence import find_pretrained, pretrained_path
-
+        ``width``: the run's network width (Network Width, 0 resolved for the device by ``settings.auto_width``);
+        where a shipped model of that width exists (N = 64 at width 4, for GPUs: docs/quality.md) it is that one,
+        else the width-1 one (training then skips its warm start, with a log that says which setting to change)."""
         model = self.model_slot.get()
-        if model is None:
-            if width != 1 and pretrained_path(size_px, width) is not None:
-                return find_pretrained(size_px, width), f"{SHIPPED_MODEL_SOURCE} of width {width}"
-            return find_pretrained(size_px), SHIPPED_MODEL_SOURCE
+        if model is None or self.shipped_in_slot():  # the shipped one is no choice of the user's: the run's fits
+            return self.shipped_model(size_px, width)
         if size_px != model.config.N:
             logger.info("The loaded model expects N=%d patterns, the scan has N=%d: not using it", model.config.N, size_px)
             return None, ""
         return model, self.model_slot.source
 
-    def shipped_alternative(self, model: Any | None, size_px: int) -> tuple[str, Any] | None:
-        """(name, the shipped model for N = size_px) to compete with ``model``, another model (trained or loaded), by
-        the scan's likelihood (``engine.inference.likelier_network``: a model trained on other specimens can be the
-        worse start); None when ``model`` is the shipped one, none ships for N, or there is no model."""
-        from ptychodus_pinn.engine.persistence import find_pretrained
+    def shipped_in_slot(self) -> bool:
+        """Whether the slot holds a shipped model (put there by a reconstruction that used it), not a user's."""
+        model = self.model_slot.get()
+        return model is not None and self.model_slot.source == shipped_source(model.config.n_filters_scale)
 
+    def shipped_model(self, size_px: int, width: int = 1) -> tuple[Any | None, str]:
+        """(the shipped model for N = size_px at ``width`` if one ships, else at width 1, loaded once; its name)."""
+        from ptychodus_pinn.engine.persistence import find_pretrained, shipped_width
+
+        width = shipped_width(size_px, width)
+        if (size_px, width) not in self._shipped_models:
+            self._shipped_models[size_px, width] = find_pretrained(size_px, width)
+        return self._shipped_models[size_px, width], shipped_source(width)
+
+    def shipped_alternative(self, model: Any | None, size_px: int, width: int = 1) -> tuple[str, Any] | None:
+        """(name, the shipped model for N = size_px and the run's ``width``) to compete with ``model``, another model
+        (trained or loaded), by the scan's likelihood (``engine.inference.likelier_network``: a model trained on other
+        specimens can be the worse start); None when ``model`` is that shipped one, none ships for N, or no model."""
         if model is None or size_px != model.config.N:
             return None
-        if model is self.model_slot.get() and self.model_slot.source == SHIPPED_MODEL_SOURCE:
-            return None
-        if size_px not in self._shipped_models:
-            self._shipped_models[size_px] = find_pretrained(size_px)
-        shipped = self._shipped_models[size_px]
-        return None if shipped is None else (SHIPPED_MODEL_SOURCE, shipped)
+        shipped, source = self.shipped_model(size_px, width)
+        in_use = shipped is model or (model is self.model_slot.get() and self.model_slot.source == source)
+        return None if shipped is None or in_use else (source, shipped)
 
-    def model_for(self, scan: Any, *, loaded_first: bool = False) -> Any | None:
-        """The network a reconstruction of ``scan`` uses (logged): :meth:`initial_model_for` (with ``loaded_first``
-        the loaded model whatever its N), loaded into the slot when it was the shipped one (Infer and Save Model
-        then work with it); None: refinement from a flat object."""
+    def model_for(self, scan: Any, width: int = 1, *, loaded_first: bool = False) -> Any | None:
+        """The network a reconstruction of ``scan`` uses (logged): :meth:`initial_model_for` at the run's ``width``
+        (with ``loaded_first`` the loaded model whatever its N), loaded into the slot when it was the shipped one
+        (Infer and Save Model then work with it); None: refinement from a flat object."""
         loaded = self.model_slot.get()
         if loaded_first and loaded is not None:
             model, source = loaded, self.model_slot.describe()
         else:
-            model, source = self.initial_model_for(scan.size_px)
+            model, source = self.initial_model_for(scan.size_px, width)
         if model is None:
             logger.info(
                 "No network model for N=%d patterns (none loaded, none ships for this size): refinement starts "
@@ -348,7 +358,7 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
                 scan.size_px,
             )
             return None
-        if self.model_slot.get() is None:
+        if self.model_slot.get() is None or self.shipped_in_slot():
             self.model_slot.set(model, source)
         logger.info("Reconstructing %d patterns (N=%d) with %s, then refinement", scan.count, scan.size_px, source)
         return model
@@ -392,7 +402,8 @@ class _PinnReconstructor:
             if model is None:  # stopped mid-training: the best model's network object was the result
                 return
         else:  # Infer (a TrainableReconstructor) uses the loaded model whatever its N: the engine says if it does not fit
-            model = library.model_for(scan, loaded_first=isinstance(self, TrainableReconstructor))
+            width, loaded_first = config.model.n_filters_scale, isinstance(self, TrainableReconstructor)
+            model = library.model_for(scan, width, loaded_first=loaded_first)
         yield from self._stages(
             parameters, scan, model, config, values, losses=losses, progress_offset=training_epochs, goal=goal
         )
@@ -417,7 +428,7 @@ class _PinnReconstructor:
 
         library = self._library
         fill = values["fill_unilluminated"] == "input object"
-        initial, source = self._warm_start(scan.size_px, config, values)
+        initial, source, config = self._warm_start(scan.size_px, config, values)
         logger.info(
             "Self-supervised (%s) training on %d patterns (N=%d) for %d epochs%s, then network and refinement",
             config.model.mode.value,
@@ -487,7 +498,7 @@ class _PinnReconstructor:
             return ReconstructOutput(product, progress=progress)
 
         execution, refinement = config.execution, config.refinement
-        alternative = library.shipped_alternative(model, scan.size_px)
+        alternative = library.shipped_alternative(model, scan.size_px, config.model.n_filters_scale)
         for event in reconstruct_stages(
             model, scan, execution=execution, refinement=refinement, should_stop=library.stop_requested, alternative=alternative
         ):
@@ -511,12 +522,15 @@ class _PinnReconstructor:
                     yield output(report.snapshot(), illuminated, progress)
                     shown, last_yield_s = shown + 1, time.monotonic()
 
-    def _warm_start(self, size_px: int, config: RunConfig, values: dict[str, Any]) -> tuple[Any | None, str]:
-        """(model, how the log names it) that training starts from with Warm Start on: the loaded model, else the
-        shipped one, when its architecture fits the settings; (None, "") for training from scratch."""
+    def _warm_start(self, size_px: int, config: RunConfig, values: dict[str, Any]) -> tuple[Any | None, str, RunConfig]:
+        """(model, how the log names it, the run's config) that training starts from with Warm Start on: the loaded
+        model, else the shipped one, when its architecture fits the settings (Network Width 0 takes the model's
+        width); (None, "", config) for training from scratch."""
         if not values["warm_start"]:
-            return None, ""
+            return None, "", config
         initial, source = self._library.initial_model_for(size_px, config.model.n_filters_scale)
+        if initial is not None and width_is_auto(values):
+            config = replace(config, model=replace(config.model, n_filters_scale=initial.config.n_filters_scale))
         changes = architecture_changes(initial.config, config.model) if initial is not None else []
         if changes:
             logger.info(
@@ -524,8 +538,8 @@ class _PinnReconstructor:
                 source,
                 ", ".join(changes),
             )
-            return None, ""
-        return initial, source
+            return None, "", config
+        return initial, source, config
 
     def _run_training(self, scans: list[Any], config: RunConfig, values: dict[str, Any], **options: Any) -> Iterator[Any]:
         """Train on a worker thread (``options``: initial_model, preview); yields epoch events and the final one."""
@@ -611,7 +625,7 @@ class TrainInferReconstructor(_PinnReconstructor, TrainableReconstructor):
                 scans = load_training_scans(input_path, supervised=supervised)
             mode = self._training_mode(values)
             config = settings_to_run_config(values, N=scans[0].size_px, mode=mode)
-            initial, source = self._warm_start(scans[0].size_px, config, values)
+            initial, source, config = self._warm_start(scans[0].size_px, config, values)
             logger.info(
                 "%s training on %d scan(s) from %s for %d epochs, %s",
                 mode.value,

@@ -104,15 +104,16 @@ class Field:
 
 
 ACCELERATOR_CHOICES: tuple[str, ...] = tuple(accelerator.value for accelerator in Accelerator)
-# The architecture of the shipped pretrained models (resources/pretrained-n64.pinn.pt and -n128, trained by
-# ``ptychodus-pinn pretrain``, app/pretrain.py): the panel's width agrees with them, so "Train On The Scan First"
-# warm-starts from them with default settings. ``tests/plugin/test_settings.py`` checks the shipped files.
-SHIPPED_MODEL_WIDTH = 1
+# Network Width 0 (the default): the width of the shipped model for the run's device and N, chosen per run
+# (engine.persistence.device_model_width: 4 on a GPU at N = 64, else 1, the width every N ships in), so
+# the one-click entry and "Train On The Scan First" use the same network and training warm-starts from it.
+AUTO_WIDTH = 0
 # panel defaults that differ from the engine's, and why (said in the tool tip)
 PANEL_DEFAULTS: Mapping[str, tuple[Any, str]] = {
     "n_filters_scale": (
-        SHIPPED_MODEL_WIDTH,
-        "The default, 1, is the shipped pretrained model's: training can start from it (at N = 64, width 4 can too).",
+        AUTO_WIDTH,
+        "0 = the shipped pretrained model's width for the device and pattern size: 4 on a GPU at N = 64, else 1 (a loaded "
+        "model's own width when training starts from it).",
     ),
     "logger": (LoggerKind.NONE, "The GUI writes no training log unless asked to."),
     "enable_progress_bar": (False, "Off in the GUI: the terminal ptychodus was started from."),
@@ -157,7 +158,7 @@ def _engine_field(knob: Knob) -> Field:
         tool_tip,
         knob,
         choices,
-        minimum=0 if knob.optional and kind in (Kind.INT, Kind.REAL) else knob.minimum,
+        minimum=0 if (knob.optional and kind in (Kind.INT, Kind.REAL)) or key == "n_filters_scale" else knob.minimum,
         maximum=knob.maximum,
     )
 
@@ -353,9 +354,16 @@ def _to_config_value(field: Field, value: Any, *, check: bool = False) -> Any:
 
 
 def settings_to_run_config(
-    values: Mapping[str, Any] | PluginSettings, *, N: int, mode: TrainingMode | str = TrainingMode.DISTIL
+    values: Mapping[str, Any] | PluginSettings,
+    *,
+    N: int,
+    mode: TrainingMode | str = TrainingMode.DISTIL,
+    device_width: bool = True,
 ) -> RunConfig:
-    """The one place that turns plugin settings into engine configs; ``ValueError`` names the bad setting."""
+    """The one place that turns plugin settings into engine configs; ``ValueError`` names the bad setting.
+
+    ``device_width=False`` (the panel's validity check, on the GUI thread): Network Width 0 stands as 1 instead of
+    asking torch for the device (:func:`auto_width`), which would import torch there."""
     if isinstance(values, PluginSettings):
         values = values.values()
     try:
@@ -369,6 +377,8 @@ def settings_to_run_config(
     kwargs["execution"]["accelerator"] = accelerator
     if device_index is not None:  # one GPU picked by index: Lightning's "i," (a bare number is a count)
         kwargs["execution"]["devices"] = f"{device_index},"
+    if kwargs["model"]["n_filters_scale"] == AUTO_WIDTH:
+        kwargs["model"]["n_filters_scale"] = auto_width(N, accelerator) if device_width else 1
     try:
         return RunConfig(
             model=ModelConfig(**kwargs["model"]),
@@ -379,6 +389,24 @@ def settings_to_run_config(
     except ConfigError as error:  # spelled as the panel shows it
         bad = _BY_CONFIG_FIELD.get((error.config, error.field))
         raise ValueError(error.message_for(f"{bad.label.rstrip(':')} ({bad.key})") if bad else str(error)) from error
+
+
+def auto_width(size_px: int, accelerator: str) -> int:
+    """What Network Width 0 means for a run on ``accelerator``: ``engine.persistence.device_model_width``. An
+    accelerator torch does not see counts as the CPU here; the run itself then says what is missing."""
+    from ptychodus_pinn.engine.device import AcceleratorUnavailableError, resolve_accelerator
+    from ptychodus_pinn.engine.persistence import device_model_width
+
+    try:
+        device_kind: str = resolve_accelerator(accelerator)
+    except AcceleratorUnavailableError:
+        device_kind = "cpu"
+    return device_model_width(size_px, device_kind)
+
+
+def width_is_auto(values: Mapping[str, Any]) -> bool:
+    """Whether the settings leave the network width to the run (Network Width 0)."""
+    return int(values["n_filters_scale"]) == AUTO_WIDTH
 
 
 def architecture_changes(stored: ModelConfig, wanted: ModelConfig) -> list[str]:

@@ -139,7 +139,7 @@ class StreamingWorkflow(FileBasedWorkflow):
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
         self._model_copy: tuple[Any, Any] | None = None  # (the library's model, our private copy of it)
-        self._pretrained: dict[int, Any | None] = {}
+        self._pretrained: dict[tuple[int, int], Any | None] = {}  # by (N, width)
         self._warned_no_library = False
         _workflows.add(self)
 
@@ -274,8 +274,9 @@ class StreamingWorkflow(FileBasedWorkflow):
                     self._busy = False
                     self._lock.notify_all()
 
-    def _model_for(self, job: StreamJob, size_px: int) -> tuple[Any | None, str]:
-        """(model, how the log names it): the loaded model if its N fits, else the shipped one, else None."""
+    def _model_for(self, job: StreamJob, size_px: int, width: int) -> tuple[Any | None, str]:
+        """(model, how the log names it): the loaded model if its N fits, else the shipped one (at the run's width
+        where one ships), else None."""
         model = job.model
         if model is not None:
             if int(model.config.N) == size_px:
@@ -284,16 +285,17 @@ class StreamingWorkflow(FileBasedWorkflow):
                     self._model_copy = (model, copy.deepcopy(model))
                 return self._model_copy[1], job.model_source
             logger.info("Streaming: the loaded model expects N=%d patterns, %s has N=%d", model.config.N, job.source, size_px)
-        pretrained = self._shipped(size_px)
+        pretrained = self._shipped(size_px, width)
         return (pretrained, SHIPPED_MODEL_SOURCE) if pretrained is not None else (None, FLAT_START_SOURCE)
 
-    def _shipped(self, size_px: int) -> Any | None:
-        """The shipped model for N = size_px (loaded once), or None."""
-        from ptychodus_pinn.engine.persistence import find_pretrained
+    def _shipped(self, size_px: int, width: int) -> Any | None:
+        """The shipped model for N = size_px at ``width`` where one ships, else at width 1 (loaded once), or None."""
+        from ptychodus_pinn.engine.persistence import find_pretrained, shipped_width
 
-        if size_px not in self._pretrained:
-            self._pretrained[size_px] = find_pretrained(size_px)
-        return self._pretrained[size_px]
+        key = (size_px, shipped_width(size_px, width))
+        if key not in self._pretrained:
+            self._pretrained[key] = find_pretrained(*key)
+        return self._pretrained[key]
 
     def _reconstruct(self, job: StreamJob) -> None:
         from ptychodus.api.product import LossValue
@@ -311,14 +313,14 @@ class StreamingWorkflow(FileBasedWorkflow):
         mode = loaded.config.mode if loaded is not None else TrainingMode.PINN  # the shipped model's is PINN
         config = settings_to_run_config(job.values, N=scan.size_px, mode=mode)
         if network_shapes_result(config.refinement):
-            model, source = self._model_for(job, scan.size_px)
+            model, source = self._model_for(job, scan.size_px, config.model.n_filters_scale)
         else:  # nobody watches a stream: no model is copied or loaded for what only a viewer needs
             model, source = None, FLAT_BY_SETTING_SOURCE
         if model is None and config.refinement.epochs == 0:
             raise UnusableScanError(f"no network model for N={scan.size_px} and refinement is off (Refinement Epochs 0)")
         alternative = None
         if model is not None and source != SHIPPED_MODEL_SOURCE:  # the loaded model: the shipped one competes
-            shipped = self._shipped(scan.size_px)
+            shipped = self._shipped(scan.size_px, config.model.n_filters_scale)
             alternative = None if shipped is None else (SHIPPED_MODEL_SOURCE, shipped)
         try:
             result = reconstruct(

@@ -225,7 +225,7 @@ class SettingsCheckViewController(ParameterViewController, Observer):
 
     def _sync(self) -> None:
         try:
-            settings_to_run_config(self._library.settings, N=64, mode=self._mode)
+            settings_to_run_config(self._library.settings, N=64, mode=self._mode, device_width=False)
         except ValueError as error:
             self._label.setStyleSheet("color: #b00020")
             self._label.setText(f"Invalid settings: {error}")

@@ -342,3 +342,25 @@ def test_infer_and_watch_weigh_a_given_model_against_the_shipped_one(tmp_path, c
         assert main(["watch", str(folder), "--model", str(given), "--out", str(tmp_path / "w"), "--once", *common]) == 0
     assert f"Network: {SHIPPED_MODEL_NAME}'s object fits this scan better" in caplog.text
     assert (tmp_path / "w" / "scan64" / "object.npz").exists()
+
+
+def test_infer_and_watch_take_the_shipped_model_of_the_devices_width(monkeypatch):
+    """On a GPU infer and watch use the width-4 model where one ships (N = 64), on a CPU the width-1 one, also as the
+    given model's competitor; ``--accelerator cpu`` on a GPU machine keeps width 1 (torch's devices faked here)."""
+    from ptychodus_pinn.app.infer import device_width, model_path_for, shipped_alternative
+    from ptychodus_pinn.engine import device
+    from ptychodus_pinn.engine.config import ExecutionConfig, RefinementConfig
+    from ptychodus_pinn.engine.persistence import pretrained_path
+
+    refinement = RefinementConfig()
+    assert device_width(64, ExecutionConfig(accelerator="cpu")) == 1
+    monkeypatch.setattr(device, "visible_devices", lambda: device.VisibleDevices(cuda_available=True, cuda_count=1))
+    assert [device_width(N, ExecutionConfig(accelerator="auto")) for N in (64, 128)] == [4, 1]
+    assert device_width(64, ExecutionConfig(accelerator="cpu")) == 1
+    assert model_path_for(64, None, refinement, 4) == pretrained_path(64, 4)
+    assert model_path_for(128, None, refinement, 4) == pretrained_path(128)  # none of width 4 ships for N = 128
+    given = pretrained_path(64)
+    assert given is not None
+    name, alternative = shipped_alternative(given, 64, refinement, lambda path: path, 4)
+    assert alternative == pretrained_path(64, 4) and name == "the shipped pretrained model"
+    assert shipped_alternative(pretrained_path(64, 4), 64, refinement, lambda path: path, 4) is None  # itself

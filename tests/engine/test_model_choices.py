@@ -118,3 +118,15 @@ def test_load_training_scans_skips_what_it_cannot_use(tmp_path, small_scan):
         load_training_scans(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_training_scans(tmp_path / "missing")
+
+
+def test_a_gpu_uses_the_widest_shipped_model_and_a_cpu_width_1():
+    """The width the settings leave open (Network Width 0, infer, watch, streaming): 4 on a GPU where a width-4 model
+    ships (N = 64), else 1; an explicit width without a shipped model falls back to the width every N ships in."""
+    from ptychodus_pinn.engine.persistence import device_model_width, shipped_width
+
+    assert [device_model_width(64, kind) for kind in ("cpu", "cuda", "mps")] == [1, 4, 4]
+    assert [device_model_width(128, kind) for kind in ("cpu", "cuda")] == [1, 1]  # no width-4 model for N = 128
+    assert device_model_width(32, "cuda") == 1  # nothing ships: the engine's narrowest
+    assert [shipped_width(64, width) for width in (1, 2, 4)] == [1, 1, 4]
+    assert shipped_width(128, 4) == 1

@@ -235,3 +235,14 @@ def test_gpu_memory_released_after_a_run(model_core: Any, library: Any, tmp_path
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() <= baseline + 1024  # the kept model lives on the CPU
     assert torch.cuda.memory_reserved() == 0  # cached blocks returned to the driver
+
+
+@pytest.mark.gpu
+def test_one_click_on_a_gpu_uses_the_width_4_model(model_core: Any, library: Any, tmp_path: Path) -> None:
+    """Network Width 0 (the default) on a GPU: the shipped width-4 model at N = 64, seen through every symmetry view."""
+    product, _ = load_ptychodus_simulated_scan(model_core, tmp_path, n_positions=64, size_px=64)
+    configure(library, accelerator="cuda", n_filters_scale=0, refine_epochs=2, refine_half_resolution_epochs=0)
+    product.reconstruct_local(algorithm=RECONSTRUCT, block=True)
+    model = library.model_slot.get()
+    assert model is not None and (model.config.N, model.config.n_filters_scale) == (64, 4)
+    assert library.model_slot.source == "the shipped pretrained model of width 4"

@@ -61,7 +61,9 @@ def test_every_field_has_a_tool_tip_and_distinct_group() -> None:
 def test_defaults_map_to_engine_defaults_except_gui_choices() -> None:
     _, values = _settings()
     config = settings_to_run_config(values, N=64)
-    # the network width is the shipped pretrained model's (see test_defaults_agree_with_the_shipped_model)
+    # the network width is the shipped pretrained model's for the device, 1 on this CPU-only machine (see
+    # test_defaults_agree_with_the_shipped_model and test_network_width_0_is_the_devices_shipped_width)
+    assert values["n_filters_scale"].get_value() == 0
     assert config.model == dataclasses.replace(ModelConfig(N=64), n_filters_scale=1)
     assert config.training == TrainingConfig()
     assert config.refinement == RefinementConfig()  # every reconstruction refines by default
@@ -186,6 +188,27 @@ def test_defaults_agree_with_the_shipped_model(size_px: int) -> None:
     assert not warm_start_mismatches(shipped.config, config.model), architecture_changes(shipped.config, config.model)
     wider = settings_to_run_config({**values.values(), "n_filters_scale": 2}, N=size_px)
     assert architecture_changes(shipped.config, wider.model) == ["Network Width (n_filters_scale) to 1"]
+
+
+def test_network_width_0_is_the_devices_shipped_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Network Width 0: 4 where the run is on a GPU and a width-4 model ships (N = 64), else 1; a number is kept."""
+    from ptychodus_pinn.engine import device
+
+    _, values = _settings()
+    defaults = values.values()
+    monkeypatch.setattr(device, "visible_devices", lambda: device.VisibleDevices(cuda_available=True, cuda_count=1))
+    assert settings_to_run_config(defaults, N=64).model.n_filters_scale == 4  # accelerator auto: the GPU
+    assert settings_to_run_config({**defaults, "accelerator": "cuda:0"}, N=64).model.n_filters_scale == 4
+    assert settings_to_run_config(defaults, N=128).model.n_filters_scale == 1  # no width-4 model for N = 128
+    assert settings_to_run_config({**defaults, "accelerator": "cpu"}, N=64).model.n_filters_scale == 1
+    assert settings_to_run_config({**defaults, "n_filters_scale": 2}, N=64).model.n_filters_scale == 2
+    # the panel's validity check on the GUI thread asks torch nothing: 0 stands as 1 there
+    assert settings_to_run_config(defaults, N=64, device_width=False).model.n_filters_scale == 1
+    monkeypatch.setattr(device, "visible_devices", lambda: device.VisibleDevices())
+    assert settings_to_run_config(defaults, N=64).model.n_filters_scale == 1  # auto on a CPU-only machine
+    # a GPU asked for and absent: width 1 here, and the run itself says the GPU is missing
+    assert settings_to_run_config({**defaults, "accelerator": "gpu"}, N=64).model.n_filters_scale == 1
+    assert "0 = the shipped pretrained model's width" in FIELDS_BY_KEY["n_filters_scale"].tool_tip
 
 
 def test_refinement_group() -> None:

@@ -283,7 +283,7 @@ def test_train_first_names_the_setting_that_blocks_the_warm_start(
     assert [loss.epoch for loss in output.get_product().losses] == [1, 42, 43]
 
     library.model_slot.set(n32_model, "a test model (N=32)")
-    configure(library, n_filters_scale=1)  # the default, which is also the shipped model's width
+    configure(library, n_filters_scale=1)  # the test model's width (also what the default, 0, gives on a CPU)
     product.reconstruct_local(algorithm=RECONSTRUCT, block=True)
     messages = "\n".join(log.messages())
     assert "Warm start skipped" not in messages and "starting from a test model (N=32)" in messages
@@ -298,6 +298,59 @@ def test_train_first_at_width_4_starts_from_the_shipped_width_4_model(model_core
     messages = "\n".join(log.messages())
     assert "starting from the shipped pretrained model of width 4" in messages
     assert "Warm start skipped" not in messages
+
+
+def test_the_shipped_model_in_the_slot_follows_the_runs_width_and_pattern_size(library: Any, n32_model: Any) -> None:
+    """A reconstruction puts the shipped model it used into the slot (Infer and Save Model work with it). It is no
+    choice of the user's: a later run at another width (another device) or another N takes its own shipped model; a
+    model the user loaded stays until another is loaded."""
+    from types import SimpleNamespace
+
+    scan_64, scan_128 = SimpleNamespace(size_px=64, count=1), SimpleNamespace(size_px=128, count=1)
+    library.model_slot.set(None, "")
+    wide = library.model_for(scan_64, 4)  # a GPU's run: Network Width 0 resolves to 4 at N = 64
+    assert (wide.config.N, wide.config.n_filters_scale) == (64, 4)
+    assert library.model_slot.get() is wide and library.model_slot.source == "the shipped pretrained model of width 4"
+    narrow = library.model_for(scan_64, 1)  # the same session on the CPU
+    assert narrow.config.n_filters_scale == 1 and library.model_slot.get() is narrow
+    assert library.shipped_alternative(narrow, 64, 1) is None  # the shipped model in use competes with no copy of itself
+    assert library.model_for(scan_128, 1).config.N == 128  # the N = 128 model, not a flat start
+    assert library.model_for(scan_64, 4) is wide  # loaded once
+    library.model_slot.set(n32_model, "a test model (N=32)")
+    assert library.model_for(scan_64, 4) is None  # the user's model does not fit N = 64: refinement from flat
+    assert library.model_slot.get() is n32_model
+
+
+def test_network_width_0_trains_at_the_loaded_models_width(
+    library: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a GPU Network Width 0 means 4 at N = 64, but training that starts from a loaded width-1 model keeps its width
+    (no skipped warm start); an explicit 4 skips it and names the setting. torch's devices are faked (no training runs)."""
+    import copy
+
+    from ptychodus_pinn.engine import device
+    from ptychodus_pinn.engine.persistence import find_pretrained
+    from ptychodus_pinn.plugin.settings import settings_to_run_config
+
+    monkeypatch.setattr(device, "visible_devices", lambda: device.VisibleDevices(cuda_available=True, cuda_count=1))
+    trained = copy.deepcopy(find_pretrained(64))
+    library.model_slot.set(trained, "trained on 2 scans")
+    (reconstructor,) = [entry for entry in library if entry.name == "Reconstruct"]
+    values = library.settings.values()
+    config = settings_to_run_config(values, N=64)
+    assert config.model.n_filters_scale == 4
+    initial, source, used = reconstructor._warm_start(64, config, values)
+    assert initial is trained and source == "trained on 2 scans" and used.model.n_filters_scale == 1
+    explicit = {**values, "n_filters_scale": 4}
+    with caplog.at_level(logging.INFO, logger="ptychodus_pinn"):
+        initial, _, used = reconstructor._warm_start(64, settings_to_run_config(explicit, N=64), explicit)
+    assert initial is None and used.model.n_filters_scale == 4
+    assert "Warm start skipped: trained on 2 scans has another architecture" in caplog.text
+    assert "set Network Width (n_filters_scale) to 1" in caplog.text
+    library.model_slot.set(None, "")
+    initial, source, used = reconstructor._warm_start(64, config, values)  # nothing loaded: the GPU's shipped model
+    assert initial.config.n_filters_scale == 4 and used.model.n_filters_scale == 4
+    assert source == "the shipped pretrained model of width 4"
 
 
 def test_batch_mode_reconstructs_with_network_and_refinement(
@@ -362,7 +415,7 @@ def test_another_models_object_competes_with_the_shipped_ones(
 
     stand_in = copy.deepcopy(n32_model)
     stand_in.generator.load_state_dict(PinnGenerator(n32_model.config).state_dict())
-    monkeypatch.setattr(library, "shipped_alternative", lambda model, size_px: (SHIPPED_MODEL_SOURCE, stand_in))
+    monkeypatch.setattr(library, "shipped_alternative", lambda model, size_px, width: (SHIPPED_MODEL_SOURCE, stand_in))
     product, _ = scene
     configure(library, refine_epochs=1, refine_half_resolution_epochs=0)
     log = _panel_log(model_core)

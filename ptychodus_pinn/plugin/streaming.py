@@ -205,6 +205,8 @@ class StreamingWorkflow(FileBasedWorkflow):
                 logger.warning("Streaming: the PtychoPINN (PyTorch) library is not found; default settings, no loaded model")
                 self._warned_no_library = True
             values, model, source = default_values(), None, ""
+        elif library.shipped_in_slot():  # put there by a GUI run, no choice of the user's: the stream takes its own
+            values, model, source = library.settings.values(), None, ""
         else:
             values, model, source = library.settings.values(), library.model_slot.get(), library.model_slot.source
         return StreamJob(file_path, self.output_path_for(file_path), parameters, values, model, source)

@@ -346,11 +346,16 @@ def test_a_loaded_model_competes_with_the_shipped_one(
     monkeypatch.setattr(inference, "reconstruct", recording)
     shipped = find_pretrained(64)
     assert shipped is not None
-    for name, loaded in (("shipped in use", None), ("loaded", copy.deepcopy(shipped))):
-        library.model_slot.set(loaded, "a test model (N=64)")
+    cases = (
+        ("shipped in use", None, ""),
+        ("loaded", copy.deepcopy(shipped), "a test model (N=64)"),
+        ("shipped by a GUI run", shipped, SHIPPED_MODEL_SOURCE),  # in the slot, but no choice of the user's
+    )
+    for name, loaded, source in cases:
+        library.model_slot.set(loaded, source)
         path = write_workflow_directory(tmp_path / name.replace(" ", "-"), scan_for(seed=13, size_px=64), name)
         workflow.execute(model_core.workflow_api, path)
         assert workflow.wait_idle(timeout=120)
         assert (path.parent / OUTPUT_NAME).exists()
-    assert alternatives[0] is None
+    assert alternatives[0] is None and alternatives[2] is None
     assert alternatives[1] is not None and alternatives[1][0] == SHIPPED_MODEL_SOURCE and alternatives[1][1].config.N == 64

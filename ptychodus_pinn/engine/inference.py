@@ -63,6 +63,8 @@ class Reconstruction:
     # pattern under this scan's counts, by name ("the model in use" and the alternative's); the lower one made
     # ``network_object``
     network_choice: dict[str, float] | None = None
+    # how many square symmetries of the probe the network saw each pattern through (``symmetry_views``)
+    symmetry_views: int = 1
 
 
 def confidence_for(
@@ -200,7 +202,8 @@ def reconstruct_network(
     device = (devices or device_spec(execution)).torch_device
     batch_size = execution.inference_batch_size or model.record.batch_size
     started = time.perf_counter()
-    patches = predict_patches(model, scan, batch_size, device, symmetry_views(execution, scan, model, device))
+    views = symmetry_views(execution, scan, model, device)
+    patches = predict_patches(model, scan, batch_size, device, views)
     predicted = time.perf_counter()
     positions = scan.positions_yx_px
     keep = np.ones(scan.count, dtype=bool)
@@ -238,6 +241,7 @@ def reconstruct_network(
         probe=scan.probe,
         phase_std_rad=phase_std,
         amplitude_std=amplitude_std,
+        symmetry_views=len(views),
     )
 
 
@@ -472,7 +476,10 @@ def reconstruct_stages(
                     first_line,
                 )
                 release_cached_memory(devices.torch_device)
-        logger.info("Network: %d patterns in %.2f s (%.0f patterns/s)", scan.count, network.seconds, network.patterns_per_second)
+        views = f", each seen through {network.symmetry_views} symmetry views" if network.symmetry_views > 1 else ""
+        logger.info(
+            "Network: %d patterns in %.2f s (%.0f patterns/s%s)", scan.count, network.seconds, network.patterns_per_second, views
+        )
         if refinement.epochs == 0:
             logger.info("Refinement is off (refinement epochs 0): the network's object is the result")
             yield FinalResult(network)

@@ -147,4 +147,20 @@ def test_eight_views_give_the_shipped_network_a_better_object_than_one(kind):
     for views in (1, 8):
         network = reconstruct_network(model, scan, execution=ExecutionConfig(symmetry_views=views), confidence=False)
         scores[views] = compare(network.object, scan.ground_truth, network.illuminated).phase_ssim
+        assert network.symmetry_views == views  # the simulated probe has all eight
     assert scores[8] > scores[1] + 0.005, scores
+
+
+def test_the_log_says_how_many_views_the_network_used(caplog):
+    from ptychodus_pinn.engine.config import ExecutionConfig, RefinementConfig
+    from ptychodus_pinn.engine.inference import reconstruct
+    from ptychodus_pinn.engine.persistence import load_pretrained
+
+    model, scan = load_pretrained(64), simulate_scan("siemens", 1e5, 16, 64, seed=1)
+    with caplog.at_level("INFO", logger="ptychodus_pinn"):
+        reconstruct(model, scan, execution=ExecutionConfig(symmetry_views=4), refinement=RefinementConfig(epochs=0))
+    assert "patterns/s, each seen through 4 symmetry views)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="ptychodus_pinn"):
+        reconstruct(model, scan, execution=ExecutionConfig(), refinement=RefinementConfig(epochs=0))  # a CPU: one view
+    assert "patterns/s)" in caplog.text and "symmetry views" not in caplog.text

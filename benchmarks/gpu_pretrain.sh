@@ -4,7 +4,7 @@
 # at width 4, docs/quality.md "Width 4"; width 4 took 88 min on 2 CPU cores, the next doubling would take hours).
 #
 # The shipped recipe (docs/quality.md "Distilled pretraining") at WIDTH, then the unseen-scan benchmark
-# of both the shipped model and the new one, LSQML's rows reused from the committed CPU run:
+# of the shipped models (width 1; width 4, a GPU's default at N = 64) and the new one, LSQML's rows reused from the committed CPU run:
 #
 #   bash benchmarks/gpu_pretrain.sh                                  # CUDA: width 8, N = 64
 #   SIZE=128 bash benchmarks/gpu_pretrain.sh                         # the N = 128 model
@@ -46,6 +46,10 @@ mkdir -p "$OUT_DIR"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 STAGE1="$OUT_DIR/stage1-n${SIZE}-w${WIDTH}.pinn.pt"
 MODEL="$OUT_DIR/pretrained-n${SIZE}-w${WIDTH}.pinn.pt"
+SHIPPED_MODELS=(shipped="$REPO/resources/pretrained-n${SIZE}.pinn.pt")
+if [[ -f "$REPO/resources/pretrained-n${SIZE}-w4.pinn.pt" && "$WIDTH" != 4 ]]; then
+    SHIPPED_MODELS+=(shipped-w4="$REPO/resources/pretrained-n${SIZE}-w4.pinn.pt")
+fi
 COMMON=(--size "$SIZE" --accelerator "$ACCELERATOR" --precision "$PRECISION" --no-progress-bar --logger none)
 
 stamp() { echo "# $(date -u +%H:%M:%S) $*"; }
@@ -61,9 +65,9 @@ stamp() { echo "# $(date -u +%H:%M:%S) $*"; }
     "$PYTHON" -m ptychodus_pinn.app.cli pretrain "${COMMON[@]}" --corpus broad-one-probe --mode distil \
         --initial-model "$STAGE1" --scans "$SCANS" "${CORPUS_ARGS[@]}" --epochs "$STAGE2_EPOCHS" \
         --learning-rate 1e-3 --out "$MODEL"
-    stamp "unseen scans: the shipped model and width $WIDTH"
+    stamp "unseen scans: the shipped models (width 1, and width 4 where it ships: a GPU's default) and width $WIDTH"
     "$PYTHON" "$REPO/benchmarks/pretrained_bench.py" --size "$SIZE" --lsqml-from "$LSQML_FROM" \
-        --models shipped="$REPO/resources/pretrained-n${SIZE}.pinn.pt" "width$WIDTH=$MODEL" \
+        --models "${SHIPPED_MODELS[@]}" "width$WIDTH=$MODEL" \
         --views ${VIEWS:-1 8} --name "$NAME" --out "$OUT_DIR"
     stamp "done"
 } 2>&1 | tee "$OUT_DIR/gpu_pretrain.log"

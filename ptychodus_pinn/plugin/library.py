@@ -344,10 +344,10 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
 
     def model_for(self, scan: Any, width: int = 1, *, loaded_first: bool = False) -> Any | None:
         """The network a reconstruction of ``scan`` uses (logged): :meth:`initial_model_for` at the run's ``width``
-        (with ``loaded_first`` the loaded model whatever its N), loaded into the slot when it was the shipped one
-        (Infer and Save Model then work with it); None: refinement from a flat object."""
+        (with ``loaded_first`` a model the user loaded or trained, whatever its N), loaded into the slot when it was
+        the shipped one (Infer and Save Model then work with it); None: refinement from a flat object."""
         loaded = self.model_slot.get()
-        if loaded_first and loaded is not None:
+        if loaded_first and loaded is not None and not self.shipped_in_slot():
             model, source = loaded, self.model_slot.describe()
         else:
             model, source = self.initial_model_for(scan.size_px, width)

@@ -316,6 +316,7 @@ def test_the_shipped_model_in_the_slot_follows_the_runs_width_and_pattern_size(l
     assert library.shipped_alternative(narrow, 64, 1) is None  # the shipped model in use competes with no copy of itself
     assert library.model_for(scan_128, 1).config.N == 128  # the N = 128 model, not a flat start
     assert library.model_for(scan_64, 4) is wide  # loaded once
+    assert library.model_for(scan_128, 1, loaded_first=True).config.N == 128  # Infer too: the slot's is not the user's
     library.model_slot.set(n32_model, "a test model (N=32)")
     assert library.model_for(scan_64, 4) is None  # the user's model does not fit N = 64: refinement from flat
     assert library.model_slot.get() is n32_model

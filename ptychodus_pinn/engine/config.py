@@ -26,6 +26,13 @@ from types import UnionType
 from typing import Any
 
 SHIPPED_MODEL_NAME = "the shipped pretrained model"  # how logs name it, wherever it runs
+
+
+def shipped_model_name(width: int) -> str:
+    """How logs (and the plugin's model slot) name the shipped model of this network width."""
+    return SHIPPED_MODEL_NAME if width == 1 else f"{SHIPPED_MODEL_NAME} of width {width}"
+
+
 SUPPORTED_PATTERN_SIZES_PX: tuple[int, ...] = (32, 64, 128, 256)
 # upper limits: far beyond any real run, low enough that a typo (an extra zero, 1e29) is refused up front
 # refinement's half-resolution stage runs for N ≥ 32 (at N = 32 its 16-px half is level with full-resolution epochs of

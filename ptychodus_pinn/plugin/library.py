@@ -41,7 +41,7 @@ from ptychodus.api.reconstruct import (
 )
 from ptychodus.api.settings import SettingsRegistry
 
-from ptychodus_pinn.engine.config import SHIPPED_MODEL_NAME, RunConfig, TrainingMode, replace
+from ptychodus_pinn.engine.config import SHIPPED_MODEL_NAME, RunConfig, TrainingMode, replace, shipped_model_name
 
 from .convert import (
     is_workflow_directory,
@@ -206,11 +206,6 @@ def _write_record(record: Path, model_file: Path | None) -> None:
         logger.warning("Cannot record the model in use in %s (%s): the next session starts without it", record, error)
 
 
-def shipped_source(width: int) -> str:
-    """How the log (and the model slot) names the shipped model of this network width."""
-    return SHIPPED_MODEL_SOURCE if width == 1 else f"{SHIPPED_MODEL_SOURCE} of width {width}"
-
-
 class PinnReconstructorLibrary(ReconstructorLibrary):
     """ptychodus library "PtychoPINN (PyTorch)"; one instance per ptychodus ModelCore."""
 
@@ -321,7 +316,7 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
     def shipped_in_slot(self) -> bool:
         """Whether the slot holds a shipped model (put there by a reconstruction that used it), not a user's."""
         model = self.model_slot.get()
-        return model is not None and self.model_slot.source == shipped_source(model.config.n_filters_scale)
+        return model is not None and self.model_slot.source == shipped_model_name(model.config.n_filters_scale)
 
     def shipped_model(self, size_px: int, width: int = 1) -> tuple[Any | None, str]:
         """(the shipped model for N = size_px at ``width`` if one ships, else at width 1, loaded once; its name)."""
@@ -330,7 +325,7 @@ class PinnReconstructorLibrary(ReconstructorLibrary):
         width = shipped_width(size_px, width)
         if (size_px, width) not in self._shipped_models:
             self._shipped_models[size_px, width] = find_pretrained(size_px, width)
-        return self._shipped_models[size_px, width], shipped_source(width)
+        return self._shipped_models[size_px, width], shipped_model_name(width)
 
     def shipped_alternative(self, model: Any | None, size_px: int, width: int = 1) -> tuple[str, Any] | None:
         """(name, the shipped model for N = size_px and the run's ``width``) to compete with ``model``, another model

@@ -50,7 +50,7 @@ from ptychodus.api.io import StandardFileLayout
 from ptychodus.api.reconstruct import ReconstructInput
 from ptychodus.api.workflow import FileBasedWorkflow, WorkflowAPI
 
-from ptychodus_pinn.engine.config import SHIPPED_MODEL_NAME
+from ptychodus_pinn.engine.config import SHIPPED_MODEL_NAME, shipped_model_name
 
 logger = logging.getLogger(__name__)
 
@@ -287,17 +287,18 @@ class StreamingWorkflow(FileBasedWorkflow):
                     self._model_copy = (model, copy.deepcopy(model))
                 return self._model_copy[1], job.model_source
             logger.info("Streaming: the loaded model expects N=%d patterns, %s has N=%d", model.config.N, job.source, size_px)
-        pretrained = self._shipped(size_px, width)
-        return (pretrained, SHIPPED_MODEL_SOURCE) if pretrained is not None else (None, FLAT_START_SOURCE)
+        pretrained, name = self._shipped(size_px, width)
+        return (pretrained, name) if pretrained is not None else (None, FLAT_START_SOURCE)
 
-    def _shipped(self, size_px: int, width: int) -> Any | None:
-        """The shipped model for N = size_px at ``width`` where one ships, else at width 1 (loaded once), or None."""
+    def _shipped(self, size_px: int, width: int) -> tuple[Any | None, str]:
+        """(the shipped model for N = size_px at ``width`` where one ships, else at width 1, loaded once, or None;
+        how the log names it)."""
         from ptychodus_pinn.engine.persistence import find_pretrained, shipped_width
 
         key = (size_px, shipped_width(size_px, width))
         if key not in self._pretrained:
             self._pretrained[key] = find_pretrained(*key)
-        return self._pretrained[key]
+        return self._pretrained[key], shipped_model_name(key[1])
 
     def _reconstruct(self, job: StreamJob) -> None:
         from ptychodus.api.product import LossValue
@@ -320,10 +321,9 @@ class StreamingWorkflow(FileBasedWorkflow):
             model, source = None, FLAT_BY_SETTING_SOURCE
         if model is None and config.refinement.epochs == 0:
             raise UnusableScanError(f"no network model for N={scan.size_px} and refinement is off (Refinement Epochs 0)")
-        alternative = None
-        if model is not None and source != SHIPPED_MODEL_SOURCE:  # the loaded model: the shipped one competes
-            shipped = self._shipped(scan.size_px, config.model.n_filters_scale)
-            alternative = None if shipped is None else (SHIPPED_MODEL_SOURCE, shipped)
+        shipped, shipped_name = self._shipped(scan.size_px, config.model.n_filters_scale) if model is not None else (None, "")
+        # the loaded model: the shipped one competes
+        alternative = None if shipped is None or model is shipped else (shipped_name, shipped)
         try:
             result = reconstruct(
                 model,

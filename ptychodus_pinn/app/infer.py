@@ -55,17 +55,19 @@ def shipped_alternative(
     """(name, the shipped model for N = size_px and ``width``, loaded with ``load``) to weigh against a model given by
     file, as ptychodus does (``engine.inference.likelier_network``); None without a given model, with a refinement
     start other than auto, when none ships for N, or when the given file is the shipped one."""
-    from ptychodus_pinn.engine.config import SHIPPED_MODEL_NAME, RefinementStart
+    from ptychodus_pinn.engine.config import RefinementStart, shipped_model_name
+    from ptychodus_pinn.engine.persistence import shipped_width
 
     shipped = shipped_model_path(size_px, width)
     if model_path is None or shipped is None or refinement.start is not RefinementStart.AUTO:
         return None
     if Path(model_path).resolve() == shipped.resolve():
         return None
+    name = shipped_model_name(shipped_width(size_px, width))
     try:
-        return SHIPPED_MODEL_NAME, load(shipped)
+        return name, load(shipped)
     except (OSError, ValueError, RuntimeError) as error:  # only a second opinion: the given model still runs
-        logger.warning("%s is unusable (%s: %s); using the given model alone", SHIPPED_MODEL_NAME, type(error).__name__, error)
+        logger.warning("%s is unusable (%s: %s); using the given model alone", name, type(error).__name__, error)
         return None
 
 

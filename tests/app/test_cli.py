@@ -362,5 +362,5 @@ def test_infer_and_watch_take_the_shipped_model_of_the_devices_width(monkeypatch
     given = pretrained_path(64)
     assert given is not None
     name, alternative = shipped_alternative(given, 64, refinement, lambda path: path, 4)
-    assert alternative == pretrained_path(64, 4) and name == "the shipped pretrained model"
+    assert alternative == pretrained_path(64, 4) and name == "the shipped pretrained model of width 4"
     assert shipped_alternative(pretrained_path(64, 4), 64, refinement, lambda path: path, 4) is None  # itself

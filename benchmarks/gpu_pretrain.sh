@@ -12,7 +12,8 @@
 #
 # Knobs (environment): WIDTH (8), SIZE (64), SCANS (25: the broad corpus's scans), STAGE1_EPOCHS (40),
 # STAGE2_EPOCHS (30), ACCELERATOR (gpu), PRECISION (32), PYTHON (python3), QUICK (unset), VIEWS ("1 8": the
-# symmetry views each model is benchmarked with, which also times the GPU's default of 8; QUICK: "1").
+# symmetry views each model is benchmarked with, which also times the GPU's default of 8; QUICK: "1"),
+# SKIP_GPU_TESTS (unset: the GPU-marked tests run first where pytest is installed).
 # Writes under $OUT (else build/gpu-pretrain/, which git ignores, so no model lands in benchmarks/results
 # by accident): the two models, gpu-pretrain-nSIZE-wWIDTH.{json,md} and gpu_pretrain.log; a rerun replaces
 # them. Copy the .json/.md into benchmarks/results/ to commit them. Needs torch, lightning, scipy, scikit-image, h5py (all on the lent machines);
@@ -58,6 +59,17 @@ stamp() { echo "# $(date -u +%H:%M:%S) $*"; }
     stamp "gpu_pretrain.sh width $WIDTH, N $SIZE, $SCANS corpus scans, epochs $STAGE1_EPOCHS + $STAGE2_EPOCHS"
     "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda,
 [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or "no CUDA device")'
+    # the GPU-marked tests first (about a minute), where the machine has pytest (and ptychodus for the plugin's);
+    # their failure is reported, not fatal: the training run is what the device time is for
+    if [[ -z "${SKIP_GPU_TESTS:-}" ]] && "$PYTHON" -c "import pytest, hypothesis" 2>/dev/null; then
+        TEST_DIRS=(tests/engine)
+        if "$PYTHON" -c "import ptychodus, pytestqt" 2>/dev/null; then TEST_DIRS+=(tests/plugin); fi
+        stamp "GPU tests: ${TEST_DIRS[*]}"
+        (cd "$REPO" && QT_QPA_PLATFORM=offscreen "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider "${TEST_DIRS[@]}") \
+            || echo "GPU TESTS FAILED (rc $?): see above"
+    else
+        stamp "GPU tests skipped (SKIP_GPU_TESTS set, or no pytest/hypothesis here)"
+    fi
     stamp "stage 1: the siemens-lines corpus, the likelihood alone"
     "$PYTHON" -m ptychodus_pinn.app.cli pretrain "${COMMON[@]}" --n-filters-scale "$WIDTH" \
         --epochs "$STAGE1_EPOCHS" --out "$STAGE1"

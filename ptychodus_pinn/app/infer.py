@@ -91,7 +91,9 @@ def write_infer_outputs(reconstruction: Any, scan: Any, out: Path, model_path: P
         written.append(out / "confidence.png")
     else:
         (out / "confidence.png").unlink(missing_ok=True)
-    stages = " + ".join(reconstruction.stages) + ("" if model_path is None else f" ({Path(model_path).name})")
+    views = getattr(reconstruction, "symmetry_views", 1)
+    network_used = "" if model_path is None else f" ({Path(model_path).name}{f', {views} symmetry views' if views > 1 else ''})"
+    stages = " + ".join(reconstruction.stages) + network_used
     message = f"wrote {', '.join(map(str, written))}: {stages}, {reconstruction.seconds:.1f} s"
     if scan.ground_truth is not None:
         metrics = reconstruction_metrics(reconstruction, scan.ground_truth)

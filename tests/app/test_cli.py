@@ -364,3 +364,16 @@ def test_infer_and_watch_take_the_shipped_model_of_the_devices_width(monkeypatch
     name, alternative = shipped_alternative(given, 64, refinement, lambda path: path, 4)
     assert alternative == pretrained_path(64, 4) and name == "the shipped pretrained model of width 4"
     assert shipped_alternative(pretrained_path(64, 4), 64, refinement, lambda path: path, 4) is None  # itself
+
+
+def test_infer_says_how_many_symmetry_views_the_network_used(tmp_path, capsys):
+    from ptychodus_pinn.engine.data import save_scan
+    from ptychodus_pinn.engine.simulate import simulate_scan
+
+    scan = tmp_path / "scan64.npz"
+    save_scan(simulate_scan("siemens", photons=1e5, n_positions=64, N=64, seed=3), scan)
+    common = ["--data", str(scan), "--accelerator", "cpu", "--refine-epochs", "0"]
+    assert main(["infer", *common, "--out", str(tmp_path / "a"), "--symmetry-views", "4"]) == 0
+    assert "network (pretrained-n64.pinn.pt, 4 symmetry views)" in capsys.readouterr().out
+    assert main(["infer", *common, "--out", str(tmp_path / "b")]) == 0  # a CPU's default: one view, not mentioned
+    assert "network (pretrained-n64.pinn.pt), " in capsys.readouterr().out

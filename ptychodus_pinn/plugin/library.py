@@ -41,7 +41,7 @@ from ptychodus.api.reconstruct import (
 )
 from ptychodus.api.settings import SettingsRegistry
 
-from ptychodus_pinn.engine.config import SHIPPED_MODEL_NAME, RunConfig, TrainingMode, replace, shipped_model_name
+from ptychodus_pinn.engine.config import RunConfig, TrainingMode, replace, shipped_model_name
 
 from .convert import (
     is_workflow_directory,
@@ -61,7 +61,6 @@ TRAINING_DATA_FILE_FILTER = "PtychoPINN training data (*.npz)"
 RECONSTRUCT_NAME = "Reconstruct"
 TRAIN_INFER_NAME = "Train+Infer"
 SUPERVISED_NAME = "Train+Infer Supervised"
-SHIPPED_MODEL_SOURCE = SHIPPED_MODEL_NAME
 # the first refinement preview comes this soon after the network's object (the user sees it sharpen);
 # later ones follow the Preview Interval setting
 FIRST_REFINEMENT_PREVIEW_S = 2.0

@@ -50,7 +50,7 @@ from ptychodus.api.io import StandardFileLayout
 from ptychodus.api.reconstruct import ReconstructInput
 from ptychodus.api.workflow import FileBasedWorkflow, WorkflowAPI
 
-from ptychodus_pinn.engine.config import SHIPPED_MODEL_NAME, shipped_model_name
+from ptychodus_pinn.engine.config import shipped_model_name
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,6 @@ DISPLAY_NAME = "PtychoPINN (PyTorch) streaming"
 TRIGGER_NAME = StandardFileLayout.PRODUCT.value  # product.h5
 DIFFRACTION_NAME = StandardFileLayout.DIFFRACTION.value  # diffraction.h5
 OUTPUT_NAME = "product-ptychopinn.h5"  # must not match TRIGGER_NAME (Path.match from the right)
-SHIPPED_MODEL_SOURCE = SHIPPED_MODEL_NAME
 FLAT_START_SOURCE = "no network (refinement from a flat object)"
 FLAT_BY_SETTING_SOURCE = "no network (Refinement Start is flat: the network's object could not change the result)"
 STOP_TIMEOUT_S = 10.0

@@ -398,9 +398,9 @@ def test_another_models_object_competes_with_the_shipped_ones(
     (the test model with its weights as initialised: a flat object), passed the way the library passes the real one."""
     import copy
 
+    from ptychodus_pinn.engine.config import SHIPPED_MODEL_NAME
     from ptychodus_pinn.engine.network import PinnGenerator
     from ptychodus_pinn.engine.persistence import find_pretrained
-    from ptychodus_pinn.plugin.library import SHIPPED_MODEL_SOURCE
 
     assert library.shipped_alternative(n32_model, 32) is None  # none ships for N = 32
     assert library.shipped_alternative(None, 64) is None
@@ -409,18 +409,18 @@ def test_another_models_object_competes_with_the_shipped_ones(
     trained_64 = copy.deepcopy(shipped)
     library.model_slot.set(trained_64, "trained on 2 scans")
     name, alternative = library.shipped_alternative(trained_64, 64)
-    assert name == SHIPPED_MODEL_SOURCE and alternative.config.N == 64 and alternative is not trained_64
-    library.model_slot.set(shipped, SHIPPED_MODEL_SOURCE)
+    assert name == SHIPPED_MODEL_NAME and alternative.config.N == 64 and alternative is not trained_64
+    library.model_slot.set(shipped, SHIPPED_MODEL_NAME)
     assert library.shipped_alternative(shipped, 64) is None  # the shipped model in use: nothing to weigh it against
     library.model_slot.set(n32_model, "a test model (N=32)")
 
     stand_in = copy.deepcopy(n32_model)
     stand_in.generator.load_state_dict(PinnGenerator(n32_model.config).state_dict())
-    monkeypatch.setattr(library, "shipped_alternative", lambda model, size_px, width: (SHIPPED_MODEL_SOURCE, stand_in))
+    monkeypatch.setattr(library, "shipped_alternative", lambda model, size_px, width: (SHIPPED_MODEL_NAME, stand_in))
     product, _ = scene
     configure(library, refine_epochs=1, refine_half_resolution_epochs=0)
     log = _panel_log(model_core)
     product.reconstruct_local(algorithm=RECONSTRUCT, block=True)
     messages = "\n".join(log.messages())
-    assert f"Network: {SHIPPED_MODEL_SOURCE}'s object fits this scan" in messages
+    assert f"Network: {SHIPPED_MODEL_NAME}'s object fits this scan" in messages
     assert "for the model in use's" in messages

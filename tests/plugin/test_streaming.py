@@ -333,8 +333,8 @@ def test_a_loaded_model_competes_with_the_shipped_one(
     import copy
 
     import ptychodus_pinn.engine.inference as inference
+    from ptychodus_pinn.engine.config import SHIPPED_MODEL_NAME
     from ptychodus_pinn.engine.persistence import find_pretrained
-    from ptychodus_pinn.plugin.streaming import SHIPPED_MODEL_SOURCE
 
     real = inference.reconstruct
     alternatives: list[Any] = []
@@ -349,7 +349,7 @@ def test_a_loaded_model_competes_with_the_shipped_one(
     cases = (
         ("shipped in use", None, ""),
         ("loaded", copy.deepcopy(shipped), "a test model (N=64)"),
-        ("shipped by a GUI run", shipped, SHIPPED_MODEL_SOURCE),  # in the slot, but no choice of the user's
+        ("shipped by a GUI run", shipped, SHIPPED_MODEL_NAME),  # in the slot, but no choice of the user's
     )
     for name, loaded, source in cases:
         library.model_slot.set(loaded, source)
@@ -358,4 +358,4 @@ def test_a_loaded_model_competes_with_the_shipped_one(
         assert workflow.wait_idle(timeout=120)
         assert (path.parent / OUTPUT_NAME).exists()
     assert alternatives[0] is None and alternatives[2] is None
-    assert alternatives[1] is not None and alternatives[1][0] == SHIPPED_MODEL_SOURCE and alternatives[1][1].config.N == 64
+    assert alternatives[1] is not None and alternatives[1][0] == SHIPPED_MODEL_NAME and alternatives[1][1].config.N == 64

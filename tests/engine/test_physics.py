@@ -245,3 +245,17 @@ def test_middle_trim_zeroes_patch_edges():
     assert float(weight[:3].abs().sum()) == 0 and float(weight[3:13, 3:13].min()) == 1.0
     with pytest.raises(ValueError, match="middle_trim"):
         physics.probe_weight(torch.ones(1, 16, 16, dtype=torch.complex64), middle_trim_px=8)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.float32, torch.float64])
+def test_add_at_sums_repeated_indices_as_numpy_and_as_index_add(dtype):
+    """Overlapping windows put many values on one pixel: every one is added (numpy's ``add.at``), and the CPU's
+    scatter path gives index_add_'s result bit for bit (the same sum in the same order)."""
+    rng = np.random.default_rng(1)
+    index = torch.from_numpy(rng.integers(0, 50, size=4000))
+    values = torch.randn(4000, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    expected = np.zeros(50, dtype=values.numpy().dtype)
+    np.add.at(expected, index.numpy(), values.numpy())
+    got = physics.add_at(torch.zeros(50, dtype=dtype), index, values)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got, torch.zeros(50, dtype=dtype).index_add_(0, index, values))

@@ -653,7 +653,7 @@ def _sparse_poisson_residual(problem: RefinementProblem, far: torch.Tensor, coun
     far field is scaled in place by −a and only the counted pixels are set apart, from their gathered values.
 
     The dense path forms Î and the factor on every pixel (three full-size passes more); at N = 128 and 10⁵
-    photons this one takes a whole-scan step from ~150 to ~130 ms on 2 CPU threads (docs/physics.md).
+    photons this one takes about a fifth off a whole-scan step on 2 CPU threads (docs/physics.md).
     """
     count, modes = far.shape[:2]
     far_flat = far.view(count, modes, -1)  # in place below: scaling it scales far
@@ -680,13 +680,20 @@ def _chunk_nll(predicted_valid_sum: torch.Tensor, predicted_counted: torch.Tenso
 
 
 def _squared_norms(values: torch.Tensor) -> torch.Tensor:
-    """Σ|z|² over all but the first axis of complex ``values``, in float64, read once (no |z|² array): batched dot
-    products of the real view's rows, rows of ≥ 1/64 of an item, summed in float64 (error ~3·10⁻⁸ of the sum,
-    where one float32 dot over 128² values is off by ~10⁻⁶)."""
-    real = torch.view_as_real(values).reshape(len(values), -1)
-    rows = math.gcd(real.shape[1], 64)
-    real = real.reshape(len(values) * rows, 1, -1)
-    return torch.bmm(real, real.transpose(1, 2)).reshape(len(values), rows).sum(dim=1, dtype=torch.float64)
+    """Σ|z|² over all but the first axis of complex ``values``: float32 sums over 64 rows of each item, then a float64
+    sum of the rows (error ~3·10⁻⁸ of the sum; one float32 dot over an N = 128 pattern is off by ~10⁻⁶).
+
+    On the CPU at full float32 matmul precision the row sums are batched dot products, which read the values once
+    (a whole-scan N = 128 step 8 % faster than squaring them first); TF32 or bf16 matmul settings
+    (``torch.set_float32_matmul_precision``) would make those 10⁻⁵–10⁻³ wrong, so then, and off the CPU, they are not.
+    """
+    rows = math.gcd(2 * values[0].numel(), 64)
+    real = torch.view_as_real(values).reshape(len(values) * rows, 1, -1)
+    if values.device.type == "cpu" and torch.get_float32_matmul_precision() == "highest":
+        row_sums = torch.bmm(real, real.transpose(1, 2))
+    else:
+        row_sums = real.square().sum(dim=2)
+    return row_sums.reshape(len(values), rows).sum(dim=1, dtype=torch.float64)
 
 
 # ------------------------------------------------------------------- half resolution, first

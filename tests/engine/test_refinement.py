@@ -488,3 +488,21 @@ def test_refinement_on_gpu_matches_cpu(bright_scan):
     cpu_quality = compare(on_cpu.object, bright_scan.ground_truth, on_cpu.illuminated).phase_ssim
     gpu_quality = compare(on_gpu.object, bright_scan.ground_truth, on_gpu.illuminated).phase_ssim
     assert gpu_quality == pytest.approx(cpu_quality, abs=0.02)
+
+
+@pytest.mark.parametrize("matmul_precision", ["highest", "medium"])
+def test_squared_norms_keep_float64_accuracy_at_any_matmul_precision(matmul_precision):
+    """Σ|z|² feeds the Newton step lengths and the NLL, where Σ Î − Σ I cancels: it must stay accurate even where
+    a user has allowed reduced-precision (TF32 / bf16) matrix products."""
+    from ptychodus_pinn.engine import refinement
+
+    values = torch.randn(16, 1, 128, 128, dtype=torch.complex64, generator=torch.Generator().manual_seed(3)) * 3 + 1
+    exact = torch.view_as_real(values).double().square().sum(dim=(1, 2, 3, 4))
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(matmul_precision)
+    try:
+        got = refinement._squared_norms(values)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert got.dtype == torch.float64
+    assert float(((got - exact) / exact).abs().max()) < 1e-7

@@ -121,7 +121,7 @@ class RefinementProblem:
         # counts on valid pixels only: a masked pixel may hold anything (hot, saturated, dead)
         self.mean_counts = max(float((self.patterns * self.valid).sum()) / self.count, physics.EPSILON_COUNTS)
         self.all_valid = bool(self.valid.all())
-        self.masked_index = (self.valid.reshape(-1) == 0).nonzero().reshape(-1)  # masked pixels, flat, as patterns
+        self.masked_index = (self.valid.reshape(-1) == 0).nonzero().reshape(-1)  # flat, in the patterns' layout
         self._counted_scan = self._counted_pixels_of_scan()
         self.scale = self.mean_counts / float(np.sum(np.abs(scan.probe) ** 2))
         self.probe = torch.from_numpy(scan.probe).to(self.device, torch.complex64) * math.sqrt(self.scale)

@@ -45,9 +45,10 @@ MODULE_PATH = "ptychodus_pinn/engine/refinement.py"
 def module_at(revision: str, folder: Path) -> ModuleType:
     """``engine/refinement.py`` as it was at ``revision``, imported under its own name (it imports the rest of
     the engine as it is now)."""
-    source = subprocess.run(
-        ["git", "show", f"{revision}:{MODULE_PATH}"], cwd=REPO, check=True, capture_output=True, text=True
-    ).stdout
+    shown = subprocess.run(["git", "show", f"{revision}:{MODULE_PATH}"], cwd=REPO, capture_output=True, text=True)
+    if shown.returncode != 0:
+        raise SystemExit(f"--baseline {revision}: git has no {MODULE_PATH} there ({shown.stderr.strip()})")
+    source = shown.stdout
     path = folder / "refinement_baseline.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("refinement_baseline", path)

@@ -52,6 +52,19 @@ def _noiseless(scan: Scan) -> Scan:
     )
 
 
+def _two_modes(scan: Scan) -> np.ndarray:
+    """Two incoherent probe modes from the scan's probe: the first scaled, the second a shifted copy."""
+    first = scan.probe[0]
+    return np.stack([0.9 * first, 0.4 * np.roll(first, 2, axis=0)]).astype(np.complex64)
+
+
+def _with_bad_pixels(scan: Scan, bad: np.ndarray) -> Scan:
+    """The scan with ``bad`` pixels masked, holding junk counts (a masked pixel may hold anything)."""
+    patterns = scan.patterns.copy()
+    patterns[:, bad] = 7.0
+    return dataclasses.replace(scan, patterns=patterns, bad_pixels=bad)
+
+
 def test_fourier_shift_moves_content_by_plus_d_not_mirrored():
     """Asymmetric golden case: a smooth blob at (10, 20) shifted by (+1.5, -3) peaks at (11.5, 17)."""
     yy, xx = np.mgrid[0:32, 0:40].astype(np.float64)
@@ -118,16 +131,12 @@ def test_flat_start_from_one_far_field_equals_the_full_pass(bright_scan, masked)
     pass over every position (fractional ones, two probe modes, masked pixels that hold junk)."""
     from ptychodus_pinn.engine import refinement
 
-    first = bright_scan.probe[0]
-    modes = np.stack([0.9 * first, 0.4 * np.roll(first, 2, axis=0)]).astype(np.complex64)
-    scan = dataclasses.replace(bright_scan, probe=modes)
+    scan = dataclasses.replace(bright_scan, probe=_two_modes(bright_scan))
     if masked:
         bad = np.zeros((32, 32), bool)
         bad[3:5, 7:20] = True
         bad[15:18, 14:19] = True  # a beamstop: where the far field is brightest
-        patterns = scan.patterns.copy()
-        patterns[:, bad] = 7.0
-        scan = dataclasses.replace(scan, patterns=patterns, bad_pixels=bad)
+        scan = _with_bad_pixels(scan, bad)
     problem = RefinementProblem(scan, None)
     assert np.abs(problem.ramps.numpy()).max() > 0.1  # sub-pixel shifts: what the one far field must stand for
     canvas, nll = refinement.scaled_flat_start(problem)
@@ -170,9 +179,7 @@ def test_residual_step_on_counted_pixels_matches_the_dense_likelihood(bright_sca
     sparse = simulate_scan("siemens", photons=1e3, n_positions=64, N=32, seed=4)
     bad = np.zeros((32, 32), bool)
     bad[3:5, 7:20] = True
-    patterns = sparse.patterns.copy()
-    patterns[:, bad] = 7.0  # a masked pixel may hold anything
-    scan = dataclasses.replace(sparse, patterns=patterns, bad_pixels=bad)
+    scan = _with_bad_pixels(sparse, bad)
     problem = RefinementProblem(scan, np.ones(scan.object_shape, np.complex64))
     assert (problem._counted_scan is not None) == scan_wide
     assert float((problem.patterns == 0).float().mean()) > 0.5  # mostly empty pixels: the case this is for
@@ -203,13 +210,9 @@ def test_sparse_residual_equals_the_dense_one_behind_a_beamstop(monkeypatch):
     from ptychodus_pinn.engine import refinement
 
     sparse = simulate_scan("siemens", photons=1e3, n_positions=64, N=32, seed=4)
-    first = sparse.probe[0]
-    modes = np.stack([0.9 * first, 0.4 * np.roll(first, 2, axis=0)]).astype(np.complex64)
     bad = np.zeros((32, 32), bool)
     bad[15:18, 14:19] = True
-    patterns = sparse.patterns.copy()
-    patterns[:, bad] = 7.0
-    scan = dataclasses.replace(sparse, patterns=patterns, bad_pixels=bad, probe=modes)
+    scan = _with_bad_pixels(dataclasses.replace(sparse, probe=_two_modes(sparse)), bad)
     rng = np.random.default_rng(0)
     start = np.exp(0.3j * rng.random(scan.object_shape)).astype(np.complex64)
     counted_layout = RefinementProblem(scan, start)
@@ -227,9 +230,7 @@ def test_sparse_residual_equals_the_dense_one_behind_a_beamstop(monkeypatch):
 
 def test_two_probe_modes_keep_the_truth_and_recover_it_from_flat(bright_scan):
     """Incoherent modes go through every mode sum of the update (Σ_p conj(P_p)·χ_p, Σ_p |P_p|², the caches)."""
-    first = bright_scan.probe[0]
-    modes = np.stack([0.9 * first, 0.4 * np.roll(first, 2, axis=0)]).astype(np.complex64)
-    scan = _noiseless(dataclasses.replace(bright_scan, probe=modes))
+    scan = _noiseless(dataclasses.replace(bright_scan, probe=_two_modes(bright_scan)))
     problem = RefinementProblem(scan, scan.ground_truth)
     choose_start(problem, scan.ground_truth, RefinementStart.NETWORK)
     start = problem.canvas.clone()

@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="refinement-ab")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     arguments = parser.parse_args(argv)
+    if arguments.runs < 1:
+        parser.error(f"--runs {arguments.runs}: at least one refinement per module is needed for a time")
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as folder:
         modules = {"baseline": module_at(arguments.baseline, Path(folder)), "current": current_module}
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"baseline": arguments.baseline, "size": arguments.size, "seed": arguments.seed, "rows": rows}
     out.write_text(json.dumps(record, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(record))
-    print(f"wrote {out.relative_to(REPO)} and its .md")
+    print(f"wrote {out} and its .md")
     return 0
 
 

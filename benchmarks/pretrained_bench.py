@@ -26,7 +26,6 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -38,12 +37,12 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from streaming_bench import CASES, illuminated, lsqml_final  # noqa: E402
+from streaming_bench import CASES, illuminated, lsqml_final, reusable_lsqml_run  # noqa: E402
 from training_targets_bench import publish  # noqa: E402
 
 from ptychodus_pinn.engine.config import ExecutionConfig, RefinementConfig, RefinementStart  # noqa: E402
 from ptychodus_pinn.engine.inference import reconstruct, reconstruct_network  # noqa: E402
-from ptychodus_pinn.engine.metrics import compare  # noqa: E402
+from ptychodus_pinn.engine.metrics import SCORING, compare  # noqa: E402
 from ptychodus_pinn.engine.persistence import load_model, pretrained_path  # noqa: E402
 from ptychodus_pinn.engine.simulate import simulate_scan  # noqa: E402
 
@@ -178,10 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     earlier: dict[str, Any] = {}
     if arguments.lsqml_from is not None:
-        previous = json.loads(arguments.lsqml_from.read_text())
-        keys = ("size", "positions", "photons", "seed", "lsqml_epochs")
-        if any(previous["settings"][key] != getattr(arguments, key) for key in keys):
-            raise SystemExit(f"{arguments.lsqml_from} was run on other scans or LSQML epochs; rerun without --lsqml-from")
+        previous = reusable_lsqml_run(arguments.lsqml_from, arguments)
         earlier = {row["name"]: row["lsqml"] for row in previous["rows"]}
     started = time.perf_counter()
     rows = []
@@ -193,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         key: getattr(arguments, key) for key in ("size", "positions", "photons", "seed", "lsqml_epochs", "threads", "views")
     }
+    settings["scoring"] = SCORING
     results = {
         "settings": settings,
         "models": list(models),

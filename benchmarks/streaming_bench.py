@@ -45,7 +45,7 @@ sys.path.insert(0, str(HERE))
 from ptychodus_pinn.app.infer import INFER_OUTPUTS  # noqa: E402
 from ptychodus_pinn.app.outputs import write_json  # noqa: E402
 from ptychodus_pinn.engine.data import save_scan  # noqa: E402
-from ptychodus_pinn.engine.metrics import compare  # noqa: E402
+from ptychodus_pinn.engine.metrics import SCORING, compare  # noqa: E402
 from ptychodus_pinn.engine.refinement import RefinementProblem  # noqa: E402
 from ptychodus_pinn.engine.simulate import simulate_scan  # noqa: E402
 
@@ -118,6 +118,21 @@ def stream(scans: list[tuple[str, Any]], work: Path, poll_interval_s: float, thr
     return rows
 
 
+def reusable_lsqml_run(path: Path, arguments: argparse.Namespace) -> dict[str, Any]:
+    """An earlier run's results whose LSQML rows can stand beside this run's: the same scans and LSQML epochs,
+    scored the same way (``metrics.SCORING``); otherwise a one-line exit that says why."""
+    previous: dict[str, Any] = json.loads(path.read_text())
+    keys = ("size", "positions", "photons", "seed", "lsqml_epochs")
+    if any(previous["settings"][key] != getattr(arguments, key) for key in keys):
+        raise SystemExit(f"{path} was run on other scans or LSQML epochs; rerun without --lsqml-from")
+    if previous["settings"].get("scoring") != SCORING:
+        raise SystemExit(
+            f"{path} was scored over the lit region's bounding box (before 2026-12-06), these scores over the lit region "
+            "itself; rerun without --lsqml-from"
+        )
+    return previous
+
+
 def lsqml_final(scan: Any, lit: np.ndarray, epochs: int, threads: int) -> dict[str, Any]:
     from ptychi_runner import run_ptychi
 
@@ -167,13 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 row.update(phase_ssim=compare(stored["object"], scan.ground_truth, lit).phase_ssim)
     earlier = {}
     if arguments.lsqml_from is not None:
-        previous = json.loads(arguments.lsqml_from.read_text())
-        same = all(
-            previous["settings"][key] == getattr(arguments, key)
-            for key in ("size", "positions", "photons", "seed", "lsqml_epochs")
-        )
-        if not same:
-            raise SystemExit(f"{arguments.lsqml_from} was run on other scans or LSQML epochs; rerun without --lsqml-from")
+        previous = reusable_lsqml_run(arguments.lsqml_from, arguments)
         earlier = {row["name"]: row for row in previous["rows"] if "lsqml_phase_ssim" in row}
     for row, (label, scan) in zip(rows, scans, strict=True):
         if label in earlier:
@@ -212,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(arguments).items()}
     settings["out"] = os.path.relpath(arguments.out, HERE.parent)  # no machine path in committed results
+    settings["scoring"] = SCORING
     results = {"settings": settings, "rows": rows, "total_s": time.perf_counter() - tick, "torch": torch.__version__}
     write_json(results, out / f"{name}.json")
     (out / f"{name}.md").write_text(table + "\n", encoding="utf-8")

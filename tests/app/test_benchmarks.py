@@ -303,3 +303,24 @@ def test_metric_check_holds_out_patterns_and_scores_them_by_likelihood(metric_ch
     truth_nll = metric_check.held_out_nll(held, truth)
     assert metric_check.held_out_nll(held, 3.0 * truth) == pytest.approx(truth_nll, abs=1e-6)
     assert truth_nll < metric_check.held_out_nll(held, truth * noise) < metric_check.held_out_nll(held, np.ones_like(truth))
+
+
+@pytest.fixture(scope="module")
+def streaming_bench():  # type: ignore[no-untyped-def]
+    yield from _benchmark_module("streaming_bench")
+
+
+def test_lsqml_rows_are_reused_only_from_runs_scored_the_same_way(streaming_bench, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """--lsqml-from (streaming_bench, pretrained_bench) takes an earlier run's LSQML rows only for the same scans and
+    scoring: a run scored over the lit region's bounding box (no "scoring" key) would mix two metrics in one ratio."""
+    from ptychodus_pinn.engine.metrics import SCORING
+
+    settings = {"size": 64, "positions": 576, "photons": 1e5, "seed": 11, "lsqml_epochs": 200}
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"settings": settings, "rows": []}))
+    with pytest.raises(SystemExit, match="bounding box"):
+        streaming_bench.reusable_lsqml_run(earlier, argparse.Namespace(**settings))
+    earlier.write_text(json.dumps({"settings": {**settings, "scoring": SCORING}, "rows": [{"name": "a"}]}))
+    assert streaming_bench.reusable_lsqml_run(earlier, argparse.Namespace(**settings))["rows"] == [{"name": "a"}]
+    with pytest.raises(SystemExit, match="other scans"):
+        streaming_bench.reusable_lsqml_run(earlier, argparse.Namespace(**{**settings, "seed": 12}))

@@ -39,8 +39,8 @@ if [[ -n "${QUICK:-}" ]]; then
     VIEWS="${VIEWS:-1}"
 fi
 case "$SIZE" in
-    64) LSQML_FROM="$REPO/benchmarks/results/pretrained-half-resolution-cpu.json" ;;
-    128) LSQML_FROM="$REPO/benchmarks/results/pretrained-n128-half-resolution-cpu.json" ;;
+    64) LSQML_FROM="$REPO/benchmarks/results/pretrained-lit-region-cpu.json" ;;
+    128) LSQML_FROM="$REPO/benchmarks/results/pretrained-n128-lit-region-cpu.json" ;;
     *) echo "SIZE must be 64 or 128 (the sizes with committed LSQML rows), not $SIZE" >&2; exit 2 ;;
 esac
 mkdir -p "$OUT_DIR"

@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 
 from ptychodus_pinn.app.outputs import write_json  # noqa: E402
 from ptychodus_pinn.app.pretrain import corpus_scans  # noqa: E402
-from ptychodus_pinn.engine import training  # noqa: E402
+from ptychodus_pinn.engine import metrics, training  # noqa: E402
 from ptychodus_pinn.engine.config import (  # noqa: E402
     ExecutionConfig,
     ModelConfig,
@@ -369,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                      "track_epochs": arguments.track_epochs, "probe_symmetries": arguments.probe_symmetries,
                      "symmetry_views": arguments.views,
                      "width": 1 if initial is None else initial.config.n_filters_scale,
-                     "initial_model": None if arguments.initial_model is None else arguments.initial_model.name},
+                     "initial_model": None if arguments.initial_model is None else arguments.initial_model.name,
+                     "scoring": metrics.SCORING},
         "machine": f"{platform.processor() or platform.machine()}, {arguments.threads} torch threads",
         "rows": rows,
     }  # fmt: skip

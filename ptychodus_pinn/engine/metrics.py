@@ -7,8 +7,9 @@ to clear). The FRC alone is taken over the central square of that region's bound
 
 Until 2026-12-06 (eleventh session) SSIM and PSNR were taken over the whole bounding box. For a scan whose lit
 region is not a rectangle (a spiral's disc) that scored the box's unlit corners too, where no method has
-data: every method's phase SSIM on the spiral benchmark scans was ~0.17 lower (pty-chi LSQML on the N = 64
-circuit 0.735 against 0.913 over the lit region), their ratios within ±0.01 (docs/quality.md).
+data: every method's phase SSIM on the spiral benchmark scans was ~0.18 lower (pty-chi LSQML on the N = 64
+circuit 0.735 against 0.919 over the lit region), the ratios between methods within −0.03 to +0.01 (docs/quality.md,
+"Scoring the lit region").
 """
 
 from __future__ import annotations

@@ -36,7 +36,10 @@ def scored_pixels(illuminated: np.ndarray, erode_px: int = 0) -> np.ndarray:
 
 def illuminated_box(illuminated: np.ndarray, erode_px: int = 0) -> tuple[slice, slice]:
     """Bounding box of the (eroded) illuminated region."""
-    mask = scored_pixels(illuminated, erode_px)
+    return _bounding_box(scored_pixels(illuminated, erode_px))
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
@@ -235,28 +238,36 @@ def align_to_reference(
     The ramp is removed once before registering (a ramp moves the cross-correlation peak) and once
     after; the shift is applied to the whole grid so its wrap-around stays outside the scored box.
     """
-    scored = scored_pixels(illuminated, erode_px).astype(np.float64)
-    rows, cols = illuminated_box(illuminated, erode_px)
+    aligned, reference_crop, shift, _ = _aligned_on_scored_pixels(estimate, reference, illuminated, erode_px)
+    return aligned, reference_crop, shift
+
+
+def _aligned_on_scored_pixels(
+    estimate: np.ndarray, reference: np.ndarray, illuminated: np.ndarray, erode_px: int
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float], np.ndarray]:
+    """:func:`align_to_reference`, plus the scored pixels within the box (boolean, the crops' shape)."""
+    mask = scored_pixels(illuminated, erode_px)
+    box = _bounding_box(mask)
+    scored = mask.astype(np.float64)
     deramped = remove_phase_ramp_and_offset(np.asarray(estimate, np.complex128), reference, scored)
-    reference_crop = reference[rows, cols]
+    reference_crop = reference[box]
     shift = register_shift(deramped, reference, scored, MAX_REGISTRATION_SHIFT_PX)
     if np.hypot(*shift) > MAX_REGISTRATION_SHIFT_PX:
         shift = np.zeros(2)
     if np.hypot(*shift) > 0.05:
         deramped = np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(deramped), shift))
-    weight = scored[rows, cols]
-    aligned = remove_phase_ramp_and_offset(deramped[rows, cols], reference_crop, weight)
+    weight = scored[box]
+    aligned = remove_phase_ramp_and_offset(deramped[box], reference_crop, weight)
     amplitude = np.abs(aligned)
     amplitude_scale = np.sum(weight * amplitude * np.abs(reference_crop)) / max(np.sum(weight * amplitude**2), 1e-30)
-    return aligned * amplitude_scale, reference_crop, (float(shift[0]), float(shift[1]))
+    return aligned * amplitude_scale, reference_crop, (float(shift[0]), float(shift[1])), mask[box]
 
 
 def compare(estimate: np.ndarray, reference: np.ndarray, illuminated: np.ndarray) -> Quality:
     """Score a complex reconstruction against the true object on the same grid."""
     if estimate.shape != reference.shape or illuminated.shape != reference.shape:
         raise ValueError(f"shapes differ: estimate {estimate.shape}, reference {reference.shape}, mask {illuminated.shape}")
-    aligned, truth, shift = align_to_reference(estimate, reference, illuminated, ERODE_PX)
-    scored = scored_pixels(illuminated, ERODE_PX)[illuminated_box(illuminated, ERODE_PX)]
+    aligned, truth, shift, scored = _aligned_on_scored_pixels(estimate, reference, illuminated, ERODE_PX)
     truth_phase = np.angle(truth)
     truth_amplitude = np.abs(truth)
     flat = np.full_like(truth, np.mean(truth_amplitude[scored]))

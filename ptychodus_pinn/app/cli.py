@@ -366,7 +366,13 @@ def check_infer_outputs(out: Path, inputs: dict[Path, str]) -> None:
 
 
 def command_infer(arguments: argparse.Namespace) -> int:
-    from ptychodus_pinn.app.infer import device_width, model_path_for, shipped_alternative, write_infer_outputs
+    from ptychodus_pinn.app.infer import (
+        device_width,
+        model_path_for,
+        refinement_progress,
+        shipped_alternative,
+        write_infer_outputs,
+    )
     from ptychodus_pinn.engine.data import load_scan
     from ptychodus_pinn.engine.inference import reconstruct
     from ptychodus_pinn.engine.persistence import load_model
@@ -382,7 +388,11 @@ def command_infer(arguments: argparse.Namespace) -> int:
     model_path = model_path_for(scan.size_px, model_path, refinement, width)
     model = None if model_path is None else load_model(model_path)
     alternative = shipped_alternative(model_path, scan.size_px, refinement, load_model, width)
-    reconstruction = reconstruct(model, scan, execution=execution, refinement=refinement, alternative=alternative)
+    # -v logs the same progress; --no-progress-bar keeps the console quiet, as it does for train
+    progress = refinement_progress() if execution.enable_progress_bar and not arguments.verbose else None
+    reconstruction = reconstruct(
+        model, scan, execution=execution, refinement=refinement, alternative=alternative, on_refinement_epoch=progress
+    )
     print(write_infer_outputs(reconstruction, scan, Path(arguments.out), model_path))
     return 0
 

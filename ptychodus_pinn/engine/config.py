@@ -568,7 +568,8 @@ class ExecutionConfig:
     seed: int = field(default=0, metadata=knob(
         "Seed", "Random seed for weights, shuffling and the validation split.", minimum=0, maximum=MAX_SEED))
     enable_progress_bar: bool = field(default=True, metadata=knob(
-        "Console Progress Bar", "Print Lightning's progress bar to the terminal.", cli="--progress-bar", advanced=True))
+        "Console Progress Bar", "Print progress to the terminal: Lightning's progress bar in training, refinement's "
+        "epochs in infer.", cli="--progress-bar", advanced=True))
     # fmt: on
 
     def __post_init__(self) -> None:

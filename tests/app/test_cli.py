@@ -130,6 +130,39 @@ def test_infer_refines_by_default_and_metrics_hold_both_stages(cli_model, capsys
     assert "--refine-half-resolution-epochs" in capsys.readouterr().err
 
 
+def test_infer_shows_refinement_progress_unless_told_not_to(cli_model, capsys):
+    folder, scan, model = cli_model
+    arguments = ["infer", "--model", str(model), "--data", str(scan), "--out", str(folder / "progress"), "--accelerator", "cpu"]
+    assert main([*arguments, "--refine-epochs", "10", "--refine-half-resolution-epochs", "10"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("refinement epoch")]
+    # not a terminal (pytest captures stderr): a line every 10 % of the 20 epochs, the half-resolution ones named
+    assert [line.split(",")[0] for line in lines] == [
+        *(f"refinement epoch {epoch}/20 (half resolution)" for epoch in range(2, 11, 2)),
+        *(f"refinement epoch {epoch}/20" for epoch in range(12, 21, 2)),
+    ]
+    assert main([*arguments, "--refine-epochs", "4", "--no-progress-bar"]) == 0
+    assert "refinement epoch" not in capsys.readouterr().err
+
+
+def test_refinement_progress_rewrites_one_line_on_a_terminal():
+    import io
+
+    from ptychodus_pinn.app.infer import refinement_progress
+    from ptychodus_pinn.engine.refinement import RefinementReport
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    show = refinement_progress(terminal)
+    for epoch in range(1, 4):
+        show(RefinementReport(epoch=epoch, epochs=3, nll=0.0, seconds=0.5 * epoch))
+    assert (
+        terminal.getvalue() == "".join(f"\rrefinement epoch {epoch}/3, {0.5 * epoch:.1f} s\033[K" for epoch in range(1, 4)) + "\n"
+    )  # every epoch, on one line, which the last one ends
+
+
 def test_infer_without_a_model_refines_from_flat_or_says_what_is_missing(cli_model, capsys):
     folder, scan, _model = cli_model
     out = folder / "no model"

@@ -367,9 +367,9 @@ def check_infer_outputs(out: Path, inputs: dict[Path, str]) -> None:
 
 def command_infer(arguments: argparse.Namespace) -> int:
     from ptychodus_pinn.app.infer import (
+        RefinementProgress,
         device_width,
         model_path_for,
-        refinement_progress,
         shipped_alternative,
         write_infer_outputs,
     )
@@ -389,10 +389,14 @@ def command_infer(arguments: argparse.Namespace) -> int:
     model = None if model_path is None else load_model(model_path)
     alternative = shipped_alternative(model_path, scan.size_px, refinement, load_model, width)
     # -v logs the same progress; --no-progress-bar keeps the console quiet, as it does for train
-    progress = refinement_progress() if execution.enable_progress_bar and not arguments.verbose else None
-    reconstruction = reconstruct(
-        model, scan, execution=execution, refinement=refinement, alternative=alternative, on_refinement_epoch=progress
-    )
+    progress = RefinementProgress() if execution.enable_progress_bar and not arguments.verbose else None
+    try:
+        reconstruction = reconstruct(
+            model, scan, execution=execution, refinement=refinement, alternative=alternative, on_refinement_epoch=progress
+        )
+    finally:
+        if progress is not None:
+            progress.end()
     print(write_infer_outputs(reconstruction, scan, Path(arguments.out), model_path))
     return 0
 

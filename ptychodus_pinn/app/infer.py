@@ -75,27 +75,36 @@ def shipped_alternative(
 PROGRESS_FRACTION = 0.1  # off a terminal, a progress line every 10 % of refinement's epochs
 
 
-def refinement_progress(stream: TextIO | None = None) -> Callable[[Any], None]:
+class RefinementProgress:
     """A callback for ``reconstruct(on_refinement_epoch=...)`` that shows refinement's progress on ``stream``
     (stderr): one line rewritten each epoch on a terminal, a line every 10 % of the epochs otherwise (a log
-    file). Without it ``infer`` was silent for as long as refinement took (30 s at N = 256 on a CPU)."""
-    out = sys.stderr if stream is None else stream
-    on_terminal = out.isatty()
+    file); :meth:`end` finishes it (refinement can end before its last epoch: Stop, or converged). Without it
+    ``infer`` was silent for as long as refinement took (30 s at N = 256 on a CPU)."""
 
-    def show(report: Any) -> None:
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.out = sys.stderr if stream is None else stream
+        self.on_terminal = self.out.isatty()
+        self.line_open = False
+
+    def __call__(self, report: Any) -> None:
         every = max(1, round(report.epochs * PROGRESS_FRACTION))
         last = report.epoch == report.epochs or report.stopped
-        if not (on_terminal or last or report.epoch % every == 0):
+        if not (self.on_terminal or last or report.epoch % every == 0):
             return
         stage = " (half resolution)" if report.half_resolution else ""
         line = f"refinement epoch {report.epoch}/{report.epochs}{stage}, {report.seconds:.1f} s"
-        if on_terminal:
-            out.write(f"\r{line}\033[K" + ("\n" if last else ""))
+        if self.on_terminal:
+            self.out.write(f"\r{line}\033[K")
+            self.line_open = True
         else:
-            out.write(line + "\n")
-        out.flush()
+            self.out.write(line + "\n")
+        self.out.flush()
 
-    return show
+    def end(self) -> None:
+        if self.line_open:
+            self.out.write("\n")
+            self.out.flush()
+            self.line_open = False
 
 
 def write_infer_outputs(reconstruction: Any, scan: Any, out: Path, model_path: Path | None) -> str:

@@ -613,6 +613,15 @@ class RefinementConfig:
         "Patterns per refinement update in the first epochs; the mini-batch grows towards the whole scan as "
         "refinement converges.",
         unit="patterns", minimum=1, maximum=MAX_COUNT, cli="--refine-batch-size"))
+    # off by default: at 10⁻³ it stopped up to 14 epochs early where refinement had converged (natural images, Siemens
+    # stars) and ran 11-31 longer where it had not (circuits, lines, grains), so circuits reached LSQML at N = 64 and
+    # 0.996x at N = 128 (was 0.973x), but those took up to ~60 % more time (docs/physics.md, "When to stop")
+    stop_tolerance: float = field(default=0.0, metadata=knob(
+        "Stop Tolerance",
+        "Stop the full-resolution epochs once 5 of them lower the Poisson NLL by less than this fraction of what is "
+        "left above a perfect fit (checked every 5 epochs from the 10th); Epochs is then the most that run. 0 = "
+        "always run Epochs; 1e-3 was measured to stop where the object had converged.",
+        minimum=0.0, maximum=1.0, cli="--refine-stop-tolerance", in_panel=False))
     refine_probe: bool = field(default=False, metadata=knob(
         "Refine Probe",
         "Refine the probe together with the object: on when the probe is only a guess (e.g. real data); off keeps "

@@ -566,7 +566,7 @@ def _refinement_stage(
         len(result.history),
         total_epochs,
         result.seconds,
-        ", stopped" if result.stopped else "",
+        ", stopped" if result.stopped else ", converged" if result.converged else "",
         result.history[-1].nll if result.history else float("nan"),
         result.best_epoch,
     )

@@ -306,6 +306,7 @@ def reconstruction_metrics(reconstruction: Any, reference: np.ndarray) -> dict[s
         if refinement is None
         else sum(report.half_resolution for report in refinement.history),
         refinement_start=None if refinement is None else str(refinement.start),
+        refinement_converged=refinement is not None and refinement.converged,
         patterns_per_second_infer=reconstruction.patterns_per_second,
     )
     return metrics

@@ -87,6 +87,7 @@ class RefinementResult:
     best_epoch: int = 0
     seconds: float = 0.0
     stopped: bool = False
+    converged: bool = False  # ended before ``epochs`` by ``stop_tolerance``
     # Σ_j Σ_p |P_p(r − r_j)|² of the returned probe on the scan's grid, in the scan's probe units (the
     # preconditioner's illumination, reused by the confidence map: engine/confidence.py)
     illumination: np.ndarray | None = None
@@ -781,6 +782,41 @@ def _half_resolution_stage(
     return nll
 
 
+CONVERGENCE_WINDOW_EPOCHS = 5  # the stop tolerance compares the NLL 5 full-resolution epochs apart,
+CONVERGENCE_FIRST_CHECK_EPOCH = 10  # every 5 epochs from the 10th (the batch has grown to the scan by then)
+
+
+class ConvergenceCheck:
+    """``RefinementConfig.stop_tolerance``: whether the full-resolution epochs have stopped paying.
+
+    Converged when the last ``CONVERGENCE_WINDOW_EPOCHS`` epochs lowered the NLL by less than ``tolerance`` × what
+    is left above a perfect fit (``floor``: ``physics.poisson_nll_floor`` for the Poisson model, 0 for the
+    Gaussian one, whose loss is ≥ 0). Relative to what is left, so it does not depend on the dose or the scan's
+    size. Checked every window from epoch ``CONVERGENCE_FIRST_CHECK_EPOCH`` on.
+    """
+
+    def __init__(self, tolerance: float, floor: float) -> None:
+        self.tolerance, self.floor = tolerance, floor
+        self.nll: list[float] = []
+
+    def converged(self, nll: float) -> bool:
+        """Record one full-resolution epoch's NLL (that of the state it started from); True once converged."""
+        self.nll.append(nll)
+        epoch = len(self.nll) - 1  # epochs completed before the state this NLL scores
+        if epoch < CONVERGENCE_FIRST_CHECK_EPOCH or epoch % CONVERGENCE_WINDOW_EPOCHS:
+            return False
+        earlier, now = self.nll[-1 - CONVERGENCE_WINDOW_EPOCHS], self.nll[-1]
+        return math.isfinite(now) and earlier - now <= self.tolerance * max(now - self.floor, 0.0)
+
+
+def convergence_check(scan: Scan, config: RefinementConfig) -> ConvergenceCheck | None:
+    if config.stop_tolerance <= 0:
+        return None
+    poisson = config.noise_model is NoiseModel.POISSON
+    floor = physics.poisson_nll_floor(scan.patterns, scan.bad_pixels) if poisson else 0.0
+    return ConvergenceCheck(config.stop_tolerance, floor)
+
+
 def refine_steps(
     scan: Scan,
     network_object: np.ndarray | None = None,
@@ -813,6 +849,7 @@ def refine_steps(
     before = best
     half_seconds = history[-1].seconds if history else 0.0
     stopped_early = bool(history and history[-1].stopped)
+    convergence, converged = convergence_check(scan, config), False
     for report in () if stopped_early else iterate_refinement(problem, config, should_stop):
         report.epoch += half_epochs
         report.epochs += half_epochs
@@ -824,6 +861,9 @@ def refine_steps(
         if math.isfinite(report.nll) and report.nll < best_nll:
             best_nll, best = report.nll, before
         before = (problem.canvas.clone(), problem.probe.clone(), report.epoch)
+        if convergence is not None and report.epoch < report.epochs and convergence.converged(report.nll):
+            converged = True
+            break  # the state after this epoch is the final one, as after the last of ``epochs``
     stopped = bool(history and history[-1].stopped)
     if history and not stopped_early and (stopped or problem.nll(problem.canvas) <= best_nll):
         best = before
@@ -842,6 +882,7 @@ def refine_steps(
         best_epoch=best_epoch,
         seconds=time.perf_counter() - started,
         stopped=stopped,
+        converged=converged,
         illumination=(problem.cropped(problem.illumination) / problem.scale).cpu().numpy(),
     )
 

@@ -147,7 +147,7 @@ def test_infer_shows_refinement_progress_unless_told_not_to(cli_model, capsys):
 def test_refinement_progress_rewrites_one_line_on_a_terminal():
     import io
 
-    from ptychodus_pinn.app.infer import refinement_progress
+    from ptychodus_pinn.app.infer import RefinementProgress
     from ptychodus_pinn.engine.refinement import RefinementReport
 
     class Terminal(io.StringIO):
@@ -155,12 +155,13 @@ def test_refinement_progress_rewrites_one_line_on_a_terminal():
             return True
 
     terminal = Terminal()
-    show = refinement_progress(terminal)
-    for epoch in range(1, 4):
-        show(RefinementReport(epoch=epoch, epochs=3, nll=0.0, seconds=0.5 * epoch))
-    assert (
-        terminal.getvalue() == "".join(f"\rrefinement epoch {epoch}/3, {0.5 * epoch:.1f} s\033[K" for epoch in range(1, 4)) + "\n"
-    )  # every epoch, on one line, which the last one ends
+    show = RefinementProgress(terminal)
+    for epoch in range(1, 3):  # refinement converged after 2 of its 5 epochs
+        show(RefinementReport(epoch=epoch, epochs=5, nll=0.0, seconds=0.5 * epoch))
+    show.end()
+    show.end()  # one newline ends the line, however often end() is called
+    expected = "".join(f"\rrefinement epoch {epoch}/5, {0.5 * epoch:.1f} s\033[K" for epoch in range(1, 3)) + "\n"
+    assert terminal.getvalue() == expected  # every epoch, on one line, which end() ends
 
 
 def test_infer_without_a_model_refines_from_flat_or_says_what_is_missing(cli_model, capsys):

@@ -344,8 +344,9 @@ def test_reconstruction_metrics_adds_the_network_row_only_after_refinement():
     assert metrics["phase_ssim"] == pytest.approx(1.0, abs=1e-5)
     assert not any(key.startswith("network_") for key in metrics)
     assert metrics["refinement_epochs"] == 0 and metrics["refinement_start"] is None
+    assert metrics["refinement_converged"] is False
     history = [SimpleNamespace(half_resolution=half) for half in (True, True, False, False, False)]
-    refinement = SimpleNamespace(seconds=1.5, history=history, start="network")
+    refinement = SimpleNamespace(seconds=1.5, history=history, start="network", converged=True)
     refined = SimpleNamespace(**common, stages=("network", "refinement"), refinement=refinement, network_seconds=0.5,
                               patterns_per_second=50.0)  # fmt: skip
     metrics = reconstruction_metrics(refined, truth)
@@ -353,5 +354,5 @@ def test_reconstruction_metrics_adds_the_network_row_only_after_refinement():
     assert metrics["network_phase_ssim"] == pytest.approx(flat.phase_ssim)
     assert "network_flat_phase_ssim" not in metrics and "network_residual_shift_yx_px" not in metrics
     assert metrics["refinement_epochs"] == 3 and metrics["refinement_half_resolution_epochs"] == 2
-    assert metrics["seconds_refinement"] == 1.5
+    assert metrics["seconds_refinement"] == 1.5 and metrics["refinement_converged"] is True
     assert metrics["stages"] == ["network", "refinement"]

@@ -17,6 +17,7 @@ from ptychodus_pinn.engine.config import RefinementConfig, RefinementStart
 from ptychodus_pinn.engine.data import Scan
 from ptychodus_pinn.engine.metrics import compare
 from ptychodus_pinn.engine.refinement import (
+    ConvergenceCheck,
     RefinementProblem,
     RefinementReport,
     choose_start,
@@ -383,6 +384,38 @@ def test_progress_per_epoch_and_stop_keeps_the_state(bright_scan):
     assert np.isfinite(result.object).all()
     quality = compare(result.object, bright_scan.ground_truth, result.illuminated)
     assert quality.phase_ssim > quality.flat_phase_ssim
+
+
+def test_convergence_check_stops_once_five_epochs_gain_less_than_the_tolerance():
+    def first_converged(nll_after_epochs: list[float], tolerance: float = 1e-3, floor: float = -6.0) -> int | None:
+        check = ConvergenceCheck(tolerance, floor)
+        return next((epochs for epochs, nll in enumerate(nll_after_epochs) if check.converged(nll)), None)
+
+    # what is left above the floor falls 10 % an epoch for 20 epochs, then by 10⁻⁵ of itself an epoch
+    left = [0.9**epoch for epoch in range(21)] + [0.9**20 * (1 - 1e-5 * epoch) for epoch in range(1, 40)]
+    assert first_converged([-6.0 + value for value in left]) == 25  # the first check after the fall slows
+    assert first_converged([-6.0 + value for value in left], tolerance=0.0) is None
+    assert first_converged([-6.0 + 0.9**epoch for epoch in range(60)]) is None  # 41 % per 5 epochs: never
+    # no check before epoch 10, then one every 5 epochs, even when nothing changes at all
+    assert first_converged([-5.0] * 30) == 10
+    assert first_converged([-6.0] * 30) == 10  # a perfect fit: nothing left to gain
+    assert first_converged([math.nan] * 30) is None
+    # relative to what is left: 5·10⁻⁴ in 5 epochs is too little with 1 left, and worth going on for with 0.1 left
+    assert first_converged([-5.0 - 1e-4 * epoch for epoch in range(30)]) == 10
+    assert first_converged([-5.9 - 1e-4 * epoch for epoch in range(30)]) is None
+
+
+def test_refinement_stops_where_it_has_converged_with_a_stop_tolerance(bright_scan):
+    config = RefinementConfig(epochs=300, half_resolution_epochs=0, stop_tolerance=1e-3)
+    result = refine(bright_scan, None, config)
+    assert result.converged and not result.stopped
+    full_epochs = len(result.history)
+    assert 11 <= full_epochs < 300 and (full_epochs - 1) % 5 == 0  # decided after a check epoch (10, 15, ...)
+    longer = refine(bright_scan, None, dataclasses.replace(config, epochs=full_epochs + 100, stop_tolerance=0.0))
+    assert not longer.converged and len(longer.history) == full_epochs + 100
+    # what the 100 epochs more add is small: the likelihood had stopped paying
+    scores = [compare(run.object, bright_scan.ground_truth, run.illuminated).phase_ssim for run in (result, longer)]
+    assert scores[0] > 0.85 and scores[1] - scores[0] < 0.01, scores
 
 
 def _band_limited_scan(positions_yx_px: np.ndarray) -> tuple[Scan, np.ndarray]:

@@ -782,8 +782,8 @@ def _half_resolution_stage(
     return nll
 
 
-CONVERGENCE_WINDOW_EPOCHS = 5  # the stop tolerance compares the NLL 5 full-resolution epochs apart,
-CONVERGENCE_FIRST_CHECK_EPOCH = 10  # every 5 epochs from the 10th (the batch has grown to the scan by then)
+CONVERGENCE_WINDOW_EPOCHS = 5  # the stop tolerance compares the NLL 5 full-resolution epochs apart, every 5
+CONVERGENCE_FIRST_CHECK_EPOCH = 10  # epochs from the 10th (on the measured scans the batch is the whole scan by then)
 
 
 class ConvergenceCheck:
@@ -861,7 +861,8 @@ def refine_steps(
         if math.isfinite(report.nll) and report.nll < best_nll:
             best_nll, best = report.nll, before
         before = (problem.canvas.clone(), problem.probe.clone(), report.epoch)
-        if convergence is not None and report.epoch < report.epochs and convergence.converged(report.nll):
+        last = report.stopped or report.epoch == report.epochs  # a stopped epoch's NLL is of part of the scan
+        if convergence is not None and not last and convergence.converged(report.nll):
             converged = True
             break  # the state after this epoch is the final one, as after the last of ``epochs``
     stopped = bool(history and history[-1].stopped)

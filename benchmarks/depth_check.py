@@ -49,7 +49,7 @@ from ptychodus_pinn.engine.training import train  # noqa: E402
 RESULTS = HERE / "results"
 
 
-def test_scans(size_px: int) -> dict[str, Any]:
+def scored_scans(size_px: int) -> dict[str, Any]:
     """name → scan: the five benchmark cases, then the fine-feature kinds with features magnified 2×."""
     scans = {f"{kind}_{path}": simulate.simulate_scan(kind, 1e5, 576, size_px, 11, path=path) for kind, path in CASES}
     for kind, path in FINE_CASES:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     corpus = corpus_scans(arguments.scans, arguments.size, 400, one_probe=True)
-    scans = test_scans(arguments.size)
+    scans = scored_scans(arguments.size)
     rows: dict[str, dict[str, Any]] = {}
     if pretrained_path(arguments.size) is not None:
         rows["shipped"] = {"scores": network_scores(load_pretrained(arguments.size), scans)}

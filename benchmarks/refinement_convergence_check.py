@@ -41,7 +41,7 @@ def trajectory(scan: Any, network_object: Any, epochs: int, every: int) -> dict[
     lit = illuminated(scan)
     floor = physics.poisson_nll_floor(scan.patterns, scan.bad_pixels)
     steps = refine_steps(scan, network_object, RefinementConfig(epochs=epochs, start=RefinementStart.AUTO))
-    excess, seconds, ssim = [], [], {}
+    excess, seconds, ssim, half_seconds = [], [], {}, 0.0
     while True:
         try:
             report = next(steps)

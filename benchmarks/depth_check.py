@@ -15,7 +15,6 @@ the shipped model::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from feature_density_check import CASES as FINE_CASES  # noqa: E402
 from feature_density_check import magnified  # noqa: E402
 from streaming_bench import CASES, illuminated  # noqa: E402
 
+from ptychodus_pinn.app.outputs import write_json  # noqa: E402
 from ptychodus_pinn.app.pretrain import corpus_scans  # noqa: E402
 from ptychodus_pinn.engine import network, simulate  # noqa: E402
 from ptychodus_pinn.engine.config import (  # noqa: E402
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:34}" + "".join(f"{row['scores'][name]:10.3f}" for row in rows.values()))
     out = RESULTS / f"{arguments.name or f'depth-n{arguments.size}'}.json"
     settings = {"size_px": arguments.size, "corpus_scans": arguments.scans, "epochs": arguments.epochs, "scoring": SCORING}
-    out.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
+    write_json({"settings": settings, "rows": rows}, out)  # atomic, as every results file
     print(f"wrote {out}")
     return 0
 

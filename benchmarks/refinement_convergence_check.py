@@ -16,7 +16,6 @@ the NLL end refinement where it has converged and go on where it has not? Then t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ sys.path.insert(0, str(HERE))
 
 from streaming_bench import CASES, illuminated  # noqa: E402
 
+from ptychodus_pinn.app.outputs import write_json  # noqa: E402
 from ptychodus_pinn.engine import physics  # noqa: E402
 from ptychodus_pinn.engine.config import RefinementConfig, RefinementStart  # noqa: E402
 from ptychodus_pinn.engine.inference import reconstruct, reconstruct_network  # noqa: E402
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             for run in row["reconstructions"]), flush=True)  # fmt: skip
     out = HERE / "results" / f"refinement-convergence-n{arguments.size}.json"
     settings = {"size_px": arguments.size, "full_resolution_epochs": arguments.epochs, "seed": arguments.seed, "scoring": SCORING}
-    out.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
+    write_json({"settings": settings, "rows": rows}, out)  # atomic, as every results file
     print(f"wrote {out}")
     return 0
 

@@ -525,7 +525,7 @@ def _refinement_stage(
     log_every = max(1, round(total_epochs * REFINEMENT_LOG_FRACTION))
     start = None if network is None else network.object
     # looked up at call time: tests replace it to make refinement fail
-    steps = refinement_steps.refine_steps(scan, start, refinement, device=devices, should_stop=should_stop)
+    steps = refinement_steps.refine_steps(scan, start, refinement, device=devices, should_stop=should_stop, nll_floor=floor)
     try:
         while True:
             try:

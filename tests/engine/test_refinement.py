@@ -405,9 +405,14 @@ def test_convergence_check_stops_once_five_epochs_gain_less_than_the_tolerance()
     assert first_converged([-5.9 - 1e-4 * epoch for epoch in range(30)]) is None
 
 
-def test_refinement_stops_where_it_has_converged_with_a_stop_tolerance(bright_scan):
+def test_refinement_stops_where_it_has_converged_with_a_stop_tolerance(bright_scan, monkeypatch):
     config = RefinementConfig(epochs=300, half_resolution_epochs=0, stop_tolerance=1e-3)
     result = refine(bright_scan, None, config)
+    # a caller that has the NLL floor already (inference logs with it) passes it: the same stop, no second pass
+    floor = physics.poisson_nll_floor(bright_scan.patterns, bright_scan.bad_pixels)
+    monkeypatch.setattr(physics, "poisson_nll_floor", lambda *args, **kwargs: pytest.fail("floor computed again"))
+    steps = refine_steps(bright_scan, None, config, nll_floor=floor)
+    assert sum(1 for _ in steps) == len(result.history)
     assert result.converged and not result.stopped
     full_epochs = len(result.history)
     assert 11 <= full_epochs < 300 and (full_epochs - 1) % 5 == 0  # decided after a check epoch (10, 15, ...)
